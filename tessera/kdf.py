@@ -1,0 +1,61 @@
+"""Key derivation: every key Tessera uses comes out of HKDF-SHA256 with a distinct label.
+
+One labelled HKDF gives domain separation between ticket kinds, proof keys and traffic keys: a
+key derived for one purpose never verifies or opens anything of another purpose, so a DRT
+cannot be spliced in where a TGT belongs and an LLK proof cannot pass as an STK proof.
+Known-answer vectors for every label live in tests/vectors/kdf.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+PROTOCOL = b"tessera v1 "
+
+# Labels (HKDF info prefixes). Ticket keys add the realm after the label.
+TICKET_DRT = b"ticket drt"  # service part of the device registration ticket
+TICKET_TGT = b"ticket tgt"  # service part of the ticket-granting ticket
+KEYRING_AT_REST = b"keyring at rest"  # service keys sealed in the registry under the KEK
+SEAL_TO_DEVICE = b"seal to device"  # ECIES key for the DRT's device part
+AUTH_PROOF = b"auth proof"  # MAC key from the LLK: proof of possession for a TGT
+TGT_DEVICE_PART = b"tgt device part"  # AEAD key from the LLK: the TGT's device part
+RENEW_PROOF = b"renew proof"  # MAC key from the STK: proof for a renewal
+RENEW_DEVICE_PART = b"renew device part"  # AEAD key from the old STK: the renewed TGT's device part
+PEER_AUTHENTICATOR = b"peer authenticator"  # MAC key from the STK: A's authenticator bound to B
+SESSION_REQUEST = b"session request"  # MAC key from the STK: B's request for a session key
+SESSION_PART = b"session part"  # AEAD key from the STK: one half of the shared service ticket
+PEER_KEYS = b"peer keys"  # key schedule of a peer session, salted with the transcript hash
+EAP_PWD = b"eap-pwd password"  # EAP-PWD password for port admission of a registered device
+
+
+def derive(key: bytes, label: bytes, context: bytes = b"", length: int = 32, salt: bytes = b"") -> bytes:
+    """HKDF-SHA256(key, salt, info = "tessera v1 " || label || 0x00 || context)."""
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=length,
+        salt=salt or None,
+        info=PROTOCOL + label + b"\x00" + context,
+    ).derive(key)
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256, the MAC of every proof and finished message (32 bytes)."""
+    return hmac.digest(key, data, "sha256")
+
+
+def mac_ok(key: bytes, data: bytes, tag: bytes) -> bool:
+    """Constant-time check of a MAC."""
+    return hmac.compare_digest(mac(key, data), tag)
+
+
+def transcript_hash(*parts: bytes) -> bytes:
+    """SHA-256 over length-prefixed parts, so that no two splits of the bytes collide."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(4, "big"))
+        h.update(p)
+    return h.digest()
