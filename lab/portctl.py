@@ -1,0 +1,288 @@
+"""Port controller: turns hostapd events and port carrier into nftables port state.
+
+How this works
+--------------
+:class:`PortTable` is the decision core, pure and unit-tested: it takes facts
+(``station_authorized``, ``station_gone``, ``carrier``) and returns :class:`Action` values —
+``Allow``/``Block`` (an nft set change) and ``Kick`` (tell hostapd to deauthenticate a
+station, because hostapd ``driver=wired`` ignores carrier and would keep it authorized).
+:func:`table_input` maps a hostapd control-interface event to such a fact.
+
+:class:`PortController` is the thin I/O shell, one thread in the lab process: it ATTACHes to
+each port's hostapd control socket, subscribes to RTM_NEWLINK in the switch namespace with
+pyroute2, ``select()``s on all of them, feeds :class:`PortTable`, and carries the actions out
+(``nft`` in the switch namespace, ``DEAUTHENTICATE`` on the control socket).  Its state is
+queryable (:meth:`PortController.authorized`, :attr:`PortController.log`) and every change is
+logged with a timestamp.  No polling: it sleeps until hostapd or the kernel says something.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from dataclasses import dataclass, field
+
+from tessera.agent.ctrl import CtrlClient, CtrlError, CtrlEvent, parse_kv
+from tessera.agent.link import CarrierWatcher, LinkEvent, LinkUp
+from tessera.lab import nft
+
+log = logging.getLogger("tessera.lab.portctl")
+
+
+# ---------------------------------------------------------------- pure core
+
+@dataclass(frozen=True)
+class Allow:
+    """Add (port . mac) to the authorized set; open the port if it was closed."""
+    port: str
+    mac: str
+    open_port: bool
+
+
+@dataclass(frozen=True)
+class Block:
+    """Remove (port . mac) from the authorized set; close the port if it is now empty."""
+    port: str
+    mac: str
+    close_port: bool
+
+
+@dataclass(frozen=True)
+class Kick:
+    """Ask the port's hostapd to deauthenticate mac (it does not see carrier loss itself)."""
+    port: str
+    mac: str
+
+
+Action = Allow | Block | Kick
+
+# hostapd event name -> PortTable input.  AP-STA-CONNECTED is hostapd's "station is now
+# authorized" for wired ports; DISCONNECTED covers logoff, deauthentication and a failed
+# re-authentication; EAP-FAILURE2 closes a station that had been open.
+EVENT_INPUT = {
+    "AP-STA-CONNECTED": "station_authorized",
+    "AP-STA-DISCONNECTED": "station_gone",
+    "CTRL-EVENT-EAP-FAILURE2": "station_gone",
+    "CTRL-EVENT-EAP-FAILURE": "station_gone",
+    "CTRL-EVENT-EAP-TIMEOUT-FAILURE2": "station_gone",
+    "CTRL-EVENT-EAP-TIMEOUT-FAILURE": "station_gone",
+}
+
+
+def table_input(ev: CtrlEvent) -> str | None:
+    """The PortTable input a hostapd event stands for, or None if it changes nothing."""
+    if ev.mac is None:
+        return None
+    return EVENT_INPUT.get(ev.name)
+
+
+@dataclass
+class PortTable:
+    """Which stations are authorized on which ports, and which ports have carrier."""
+    ports: dict[str, set[str]] = field(default_factory=dict)
+    carrier: dict[str, bool] = field(default_factory=dict)
+
+    def add_port(self, port: str) -> None:
+        self.ports.setdefault(port, set())
+
+    def station_authorized(self, port: str, mac: str) -> list[Action]:
+        macs = self.ports.setdefault(port, set())
+        if mac in macs:
+            return []  # re-authentication of an open station: nothing changes
+        if self.carrier.get(port) is False:
+            return [Kick(port, mac)]  # authorized on a dead wire: refuse, tell hostapd
+        open_port = not macs
+        macs.add(mac)
+        return [Allow(port, mac, open_port)]
+
+    def station_gone(self, port: str, mac: str) -> list[Action]:
+        macs = self.ports.get(port, set())
+        if mac not in macs:
+            return []
+        macs.discard(mac)
+        return [Block(port, mac, close_port=not macs)]
+
+    def set_carrier(self, port: str, up: bool) -> list[Action]:
+        was = self.carrier.get(port)
+        self.carrier[port] = up
+        if up or was is False:
+            return []
+        acts: list[Action] = []
+        for mac in sorted(self.ports.get(port, set())):
+            acts += self.station_gone(port, mac)
+            acts.append(Kick(port, mac))
+        return acts
+
+    def feed(self, what: str, port: str, mac: str) -> list[Action]:
+        """Dispatch a named input (see EVENT_INPUT) for (port, mac)."""
+        if what == "station_authorized":
+            return self.station_authorized(port, mac)
+        if what == "station_gone":
+            return self.station_gone(port, mac)
+        raise ValueError(f"unknown input {what!r}")
+
+
+# ---------------------------------------------------------------- I/O shell
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One line of the controller's event log."""
+    at: float        # time.time()
+    mono: float      # time.monotonic(), for latency measurements
+    port: str
+    what: str        # hostapd event name, "carrier-up"/"carrier-down", or an action
+    mac: str | None = None
+
+
+class PortController(threading.Thread):
+    """Thread enforcing port state in switch namespace ``ns`` for ``ports``.
+
+    ``ctrl_dir`` holds hostapd's control sockets (one per port, named by port).
+    """
+
+    def __init__(self, ns: str, ports: list[str], ctrl_dir: str, table: str = nft.TABLE):
+        super().__init__(name=f"portctl-{ns}", daemon=True)
+        self.ns, self.ctrl_dir, self.table = ns, ctrl_dir, table
+        self.state = PortTable()
+        self.log: list[LogEntry] = []
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._clients: dict[str, CtrlClient] = {}
+        self._stop_r, self._stop_w = os.pipe()
+        self._ports = list(ports)
+        self._ready = threading.Event()
+        self._stopping = False
+        self._links = CarrierWatcher(list(self._ports), netns=ns)
+        nft.apply(ns, nft.ruleset(self._ports, table))
+        for ev in self._links.initial():
+            self.state.set_carrier(ev.ifname, isinstance(ev, LinkUp))
+        for port in self._ports:
+            self._attach(port)
+
+    # -- queries
+    def authorized(self) -> dict[str, set[str]]:
+        """Copy of {port: set of authorized MACs}."""
+        with self._cond:
+            return {p: set(m) for p, m in self.state.ports.items()}
+
+    def is_open(self, port: str, mac: str | None = None) -> bool:
+        macs = self.authorized().get(port, set())
+        return bool(macs) if mac is None else mac in macs
+
+    def wait_for(self, pred, timeout: float) -> bool:
+        """Wait until ``pred(self)`` holds (re-checked on every change); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not pred(self):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.error is not None:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def entries(self, what: str | None = None, port: str | None = None) -> list[LogEntry]:
+        with self._cond:
+            return [e for e in self.log if (what is None or e.what == what)
+                    and (port is None or e.port == port)]
+
+    # -- lifecycle
+    def add_port(self, port: str) -> None:
+        """Put a new (already running) hostapd port under control."""
+        with self._cond:
+            self._ports.append(port)
+            nft.apply(self.ns, f'add element bridge {self.table} controlled {{ "{port}" }}\n')
+            self._links.watch(port)
+            self._attach(port)
+        os.write(self._stop_w, b"r")  # re-read the fd set
+
+    def stop(self) -> None:
+        self._stopping = True
+        os.write(self._stop_w, b"x")
+        if self.is_alive():
+            self.join(5)
+        for c in self._clients.values():
+            c.close()
+        self._links.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    # -- internals
+    def _attach(self, port: str) -> None:
+        client = CtrlClient(os.path.join(self.ctrl_dir, port))
+        client.attach()
+        self._clients[port] = client
+        self.state.add_port(port)
+        self._sync(port, client)
+
+    def _sync(self, port: str, client: CtrlClient) -> None:
+        """Adopt stations hostapd already holds as authorized (controller started late)."""
+        reply = client.request("STA-FIRST")
+        while reply.strip() and not reply.startswith("FAIL"):
+            mac = reply.splitlines()[0].strip()
+            if "[AUTHORIZED]" in parse_kv(reply).get("flags", ""):
+                self._do(port, self.state.station_authorized(port, mac), "sync", mac)
+            reply = client.request(f"STA-NEXT {mac}")
+
+    def _record(self, port: str, what: str, mac: str | None) -> None:
+        e = LogEntry(time.time(), time.monotonic(), port, what, mac)
+        self.log.append(e)
+        log.info("%s %s %s", port, what, mac or "")
+
+    def _do(self, port: str, actions: list[Action], cause: str, mac: str | None) -> None:
+        with self._cond:
+            self._record(port, cause, mac)
+            for a in actions:
+                if isinstance(a, Allow):
+                    nft.apply(self.ns, nft.authorize(a.port, a.mac, a.open_port, self.table))
+                    self._record(a.port, "allow" + (" +open" if a.open_port else ""), a.mac)
+                elif isinstance(a, Block):
+                    nft.apply(self.ns, nft.deauthorize(a.port, a.mac, a.close_port,
+                                                       self.table))
+                    self._record(a.port, "block" + (" +close" if a.close_port else ""), a.mac)
+                elif isinstance(a, Kick):
+                    try:
+                        self._clients[a.port].request(f"DEAUTHENTICATE {a.mac}")
+                    except (CtrlError, OSError, KeyError) as e:
+                        log.warning("deauthenticate %s on %s: %s", a.mac, a.port, e)
+                    self._record(a.port, "kick", a.mac)
+            self._cond.notify_all()
+
+    def _on_link(self, ev: LinkEvent) -> None:
+        up = isinstance(ev, LinkUp)
+        acts = self.state.set_carrier(ev.ifname, up)
+        self._do(ev.ifname, acts, "carrier-up" if up else "carrier-down", None)
+
+    def _on_ctrl(self, port: str, ev: CtrlEvent) -> None:
+        what = table_input(ev)
+        if what is None:
+            if ev.name.startswith(("CTRL-EVENT-EAP", "AP-STA")):
+                with self._cond:
+                    self._record(port, ev.name, ev.mac)
+                    self._cond.notify_all()
+            return
+        self._do(port, self.state.feed(what, port, ev.mac), ev.name, ev.mac)
+
+    def run(self) -> None:
+        try:
+            while not self._stopping:
+                by_fd = {c.fileno(): (p, c) for p, c in self._clients.items()}
+                r, _, _ = select.select([self._stop_r, self._links, *by_fd], [], [])
+                for fd in r:
+                    if fd is self._links:
+                        for ev in self._links.poll(0):
+                            self._on_link(ev)
+                    elif fd == self._stop_r:
+                        os.read(self._stop_r, 64)
+                    else:
+                        port, client = by_fd[fd]
+                        for ev in client.pump(0):
+                            self._on_ctrl(port, ev)
+        except BaseException as e:  # noqa: BLE001 -- surfaced through .error and wait_for
+            if not self._stopping:
+                log.exception("port controller died")
+                self.error = e
+                with self._cond:
+                    self._cond.notify_all()
