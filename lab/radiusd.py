@@ -1,0 +1,274 @@
+"""A private FreeRADIUS for tests, the lab and benchmarks: build a config directory, run it.
+
+How this works: ``build_config`` does what an operator does to install Tessera, but into a
+directory of its own: copy Debian's ``/etc/freeradius/3.0``, keep only Tessera's sites
+(``tessera``, ``tessera-check-eap-tls``, ``tessera-eap-pwd``; Debian's ``default`` and
+``inner-tunnel`` would listen on the real ports), add the ``tessera`` and ``tessera_eap``
+modules from ``configs/freeradius``, the dictionary lines, the EAP-TLS files, one client with
+``require_message_authenticator = yes``, and point ``logdir``/``run_dir`` into the directory.
+``check_config`` runs ``freeradius -XC -d DIR``.
+
+``RadiusServer`` starts ``freeradius -f -d DIR`` (``-X`` for debugging), optionally behind a
+run prefix such as ``ip netns exec NS`` or ``setpriv --reuid=freerad ...`` (which must exec,
+so that the PID we hold is radiusd's), waits for "Ready to process requests" in the log and
+for an answer to a Status-Server sent with radclient through the same prefix, and stops it by
+PID -- always, also when start-up fails. ``cpu_seconds()`` reads radiusd's CPU time from
+``/proc/PID/stat`` for benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "freeradius"
+DICTIONARY = REPO / "radius" / "dictionary.tessera"
+DEBIAN_RADDB = Path("/etc/freeradius/3.0")
+FREERADIUS = "freeradius"
+TESSERA_SITES = ("tessera", "tessera-check-eap-tls", "tessera-eap-pwd")
+TESSERA_MODS = ("tessera", "tessera_eap")
+
+
+class RadiusdError(RuntimeError):
+    """FreeRADIUS refused the configuration or did not come up."""
+
+
+@dataclass
+class RadiusConfig:
+    """What a private server needs. Paths are absolute; ``tls_dir`` holds ``server.pem``,
+    ``server.key`` and ``device-ca.pem`` (see ``tessera.lab.pki``)."""
+
+    db: Path
+    kek: Path
+    tls_dir: Path
+    server_id: str = "radius1"
+    address: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free UDP port on this host
+    secret: str = "tessera-lab-secret"
+    client_address: str = "127.0.0.1"  # an address or a CIDR network
+    venv: Path = REPO / ".venv"
+    realm_opener: str = "tessera.realm:open_realm"
+    python_path: tuple[Path, ...] = ()  # extra entries after the plugin directory
+    keep_user: bool = False  # keep radiusd.conf's user/group = freerad (files must be readable)
+    extra_clients: tuple[tuple[str, str, str], ...] = field(default=())  # (name, address, secret)
+
+
+def free_udp_port(address: str = "127.0.0.1") -> int:
+    """A UDP port that was free a moment ago on ``address``."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def set_option(text: str, key: str, value: str, count: int = 1) -> str:
+    """Replace the value of the first ``count`` ``key = value`` lines (comments untouched)."""
+    pattern = re.compile(rf"^(\s*){re.escape(key)}(\s*)=.*$", re.M)
+    new, n = pattern.subn(lambda m: f"{m.group(1)}{key}{m.group(2)}= {value}", text, count=count)
+    if n == 0:
+        raise RadiusdError(f"no option {key!r} to set")
+    return new
+
+
+def comment_out(text: str, key: str) -> str:
+    """Comment out every active ``key = ...`` line."""
+    return re.sub(rf"^(\s*)({re.escape(key)}\s*=)", r"\1#\2", text, flags=re.M)
+
+
+def _edit(path: Path, **options: str) -> None:
+    text = path.read_text()
+    for key, value in options.items():
+        text = set_option(text, key, value)
+    path.write_text(text)
+
+
+def _client_block(name: str, address: str, secret: str) -> str:
+    key = "ipv6addr" if ":" in address else "ipaddr"
+    return (f"client {name} {{\n\t{key} = {address}\n\tsecret = {secret}\n"
+            f"\trequire_message_authenticator = yes\n\tshortname = {name}\n"
+            f"\tvirtual_server = tessera\n}}\n")
+
+
+def install_dictionary(raddb: Path) -> None:
+    """Copy the vendor dictionary next to ``raddb/dictionary`` and append Tessera's lines
+    (idempotent: an existing Tessera block is replaced)."""
+    shutil.copyfile(DICTIONARY, raddb / "dictionary.tessera")
+    block = (CONFIGS / "dictionary").read_text()
+    block = block[block.index("# >>> tessera >>>"):]
+    target = raddb / "dictionary"
+    text = target.read_text()
+    text = re.sub(r"# >>> tessera >>>.*?# <<< tessera <<<\n?", "", text, flags=re.S)
+    target.write_text(text.rstrip("\n") + "\n\n" + block)
+
+
+def build_config(directory: Path, cfg: RadiusConfig) -> Path:
+    """Make a complete FreeRADIUS config directory for ``cfg`` at ``directory`` (must not
+    exist). Returns it. ``cfg.port`` is filled in if it was 0."""
+    raddb = Path(directory)
+    shutil.copytree(DEBIAN_RADDB, raddb, symlinks=True)
+    if not cfg.port:
+        cfg.port = free_udp_port(cfg.address)
+
+    for link in (raddb / "sites-enabled").iterdir():
+        link.unlink()
+    (raddb / "mods-enabled" / "eap").unlink(missing_ok=True)  # Debian's: needs inner-tunnel
+    for site in TESSERA_SITES:
+        shutil.copyfile(CONFIGS / "sites-available" / site, raddb / "sites-available" / site)
+        (raddb / "sites-enabled" / site).symlink_to(f"../sites-available/{site}")
+    for mod in TESSERA_MODS:
+        shutil.copyfile(CONFIGS / "mods-available" / mod, raddb / "mods-available" / mod)
+        (raddb / "mods-enabled" / mod).symlink_to(f"../mods-available/{mod}")
+
+    python_path = ":".join(str(p) for p in (REPO / "plugin", *cfg.python_path))
+    _edit(raddb / "mods-available" / "tessera", python_path=f'"{python_path}"',
+          venv=f'"{cfg.venv}"', db=f'"{cfg.db}"', kek=f'"{cfg.kek}"',
+          server_id=f'"{cfg.server_id}"', realm_opener=f'"{cfg.realm_opener}"')
+    site = raddb / "sites-available" / "tessera"
+    if ":" in cfg.address:
+        site.write_text(set_option(site.read_text(), "ipaddr", "*").replace(
+            "ipaddr = *", f"ipv6addr = {cfg.address}", 1))
+    else:
+        _edit(site, ipaddr=cfg.address)
+    _edit(site, port=str(cfg.port))
+
+    install_dictionary(raddb)
+    tls = raddb / "certs" / "tessera"
+    tls.mkdir(parents=True, exist_ok=True)
+    for name in ("server.pem", "server.key", "device-ca.pem"):
+        shutil.copy2(Path(cfg.tls_dir) / name, tls / name)
+
+    clients = [("tessera", cfg.client_address, cfg.secret), *cfg.extra_clients]
+    (raddb / "clients.conf").write_text("".join(_client_block(*c) for c in clients))
+
+    conf = raddb / "radiusd.conf"
+    text = conf.read_text()
+    if not cfg.keep_user:
+        text = comment_out(comment_out(text, "user"), "group")
+    text = set_option(text, "logdir", str(raddb / "log"))
+    text = set_option(text, "run_dir", str(raddb / "run"))
+    text = set_option(text, "proxy_requests", "no")  # no proxy listener on a random port
+    conf.write_text(text)
+    for sub in ("log", "log/radacct", "run"):
+        (raddb / sub).mkdir(exist_ok=True)
+    return raddb
+
+
+def check_config(raddb: Path, run_prefix: tuple[str, ...] = ()) -> None:
+    """``freeradius -XC -d raddb``; raises ``RadiusdError`` with the output's tail."""
+    r = subprocess.run([*run_prefix, FREERADIUS, "-XC", "-d", str(raddb)],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RadiusdError("config check failed:\n" + "\n".join((r.stdout + r.stderr).splitlines()[-30:]))
+
+
+def status_server(address: str, port: int, secret: str, run_prefix: tuple[str, ...] = (),
+                  timeout: float = 1.0) -> bool:
+    """One Status-Server with Message-Authenticator via radclient; True if answered."""
+    r = subprocess.run([*run_prefix, "radclient", "-q", "-r", "1", "-t", str(timeout),
+                        f"[{address}]:{port}" if ":" in address else f"{address}:{port}",
+                        "status", secret],
+                       input="Message-Authenticator = 0x00\n", capture_output=True, text=True,
+                       timeout=timeout + 10)
+    return r.returncode == 0
+
+
+class RadiusServer:
+    """One running ``freeradius -f`` for a built config directory. Use as a context manager,
+    or call ``start()`` and, always, ``stop()``."""
+
+    def __init__(self, raddb: Path, address: str, port: int, secret: str,
+                 run_prefix: tuple[str, ...] = (), debug: bool = False):
+        self.raddb = Path(raddb)
+        self.address, self.port, self.secret = address, port, secret
+        self.run_prefix = tuple(run_prefix)
+        self.debug = debug
+        self.proc: subprocess.Popen | None = None
+        self.output = self.raddb / "log" / "radiusd.out"
+
+    @classmethod
+    def for_config(cls, raddb: Path, cfg: RadiusConfig, **kw) -> "RadiusServer":
+        return cls(raddb, cfg.address, cfg.port, cfg.secret, **kw)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def log_file(self) -> Path:
+        """Where the server logs: radius.log with -f, the captured stdout with -X."""
+        return self.output if self.debug else self.raddb / "log" / "radius.log"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self, timeout: float = 20.0) -> "RadiusServer":
+        """Start and wait until it answers a Status-Server; stops it again on failure."""
+        args = [*self.run_prefix, FREERADIUS, "-f", "-d", str(self.raddb)]
+        if self.debug:
+            args.append("-X")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.output, "ab") as out:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RadiusdError(f"radiusd exited with {self.proc.returncode}:\n{self._tail()}")
+            if "Ready to process requests" in self.log_text() and status_server(
+                    self.address, self.port, self.secret, self.run_prefix, timeout=0.5):
+                return
+            time.sleep(0.1)
+        raise RadiusdError(f"radiusd did not answer within {timeout}s:\n{self._tail()}")
+
+    def _tail(self, lines: int = 30) -> str:
+        text = self.log_text()
+        if self.log_file != self.output and self.output.exists():
+            text += self.output.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM by PID, then SIGKILL; reaps the process. Safe to call twice."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout)
+        except ProcessLookupError:
+            self.proc.wait(timeout)
+
+    def cpu_seconds(self) -> float:
+        """radiusd's user + system CPU time so far (``/proc/PID/stat`` fields 14 and 15)."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> "RadiusServer":
+        return self.start() if not self.running() else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

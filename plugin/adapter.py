@@ -1,0 +1,203 @@
+"""The FreeRADIUS side of Tessera: attribute pairs in, core call, attribute tuples out.
+
+How this works: ``tessera_rlm`` (the rlm_python3 entry module) builds one ``Plugin`` at
+instantiate time; it opens the realm once (SQLite registry + sealed service keyring) and keeps
+the sans-I/O ``Service`` for this server's id. Each ``authorize`` call gets the request list as
+a tuple of ``(name, value)`` string pairs and does one of three steps, chosen by the
+server-internal attribute ``Tessera-Step`` that the virtual servers set:
+
+* (none) -- a Tessera operation: join the ``Tessera-Message`` instances (``'0x…'`` hex), call
+  ``service.handle(message, now)``, answer ``ok`` with the reply split over ``Tessera-Reply``
+  instances (``+=``, so every instance is kept), or ``reject`` with ``Reply-Message`` =
+  "<name>: <reason>" and ``Tessera-Error`` = the code;
+* ``admit-certificate`` -- EAP-TLS: ``service.admit_certificate(serial, issuer, cn, now)``;
+* ``eap-pwd-password`` -- EAP-PWD: ``control:Cleartext-Password`` from
+  ``service.eap_pwd_password(device_id, now)``.
+
+Rules (notes/freeradius.md): return *exact tuples*; octets as ``"0x" + hex``; never raise into
+FreeRADIUS (an exception becomes a bare reject with a traceback that could print values): any
+unexpected error is logged as its type and code location only, and answered with
+"internal error". The reasons the core gives (``str(TesseraError)``) carry no key material by
+the core's contract; they are logged and sent.
+
+``rlm`` is the ``radiusd`` module inside FreeRADIUS, or any object with the same ``RLM_MODULE_*``
+and ``L_*`` constants and ``radlog`` (tests use a stand-in), so this file imports nothing from
+FreeRADIUS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from typing import Any, Callable, Iterable
+
+from tessera.radius.attrs import BadHexError, join_from_hex, split_to_hex
+
+STEP_ATTRIBUTE = "Tessera-Step"
+MESSAGE = "Tessera-Message"
+REPLY = "Tessera-Reply"
+ERROR = "Tessera-Error"
+MAX_REPLY_MESSAGE = 240  # Reply-Message is at most 253 bytes on the wire
+
+
+def _is_realm_error(exc: BaseException) -> bool:
+    """True for the core's ``TesseraError`` (a named reason with an integer code)."""
+    return isinstance(getattr(exc, "code", None), int) and isinstance(getattr(exc, "name", None), str)
+
+
+def _where(exc: BaseException) -> str:
+    """``Type at file:line`` of the innermost frame: enough to debug, no values."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if not tb:
+        return type(exc).__name__
+    last = tb[-1]
+    return f"{type(exc).__name__} at {last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
+
+
+def describe(exc: BaseException) -> str:
+    """A log line for a failure outside a request: the core's reason, or OS errors' text
+    (a path, not a key), else only where it happened."""
+    if _is_realm_error(exc):
+        return _clean(f"{exc.name}: {exc}")
+    if isinstance(exc, (OSError, ValueError, ImportError)):
+        return _clean(f"{type(exc).__name__}: {exc}")
+    return _where(exc)
+
+
+def _clean(text: str) -> str:
+    """One printable line, short enough for Reply-Message."""
+    text = " ".join(str(text).split())
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text[:MAX_REPLY_MESSAGE]
+
+
+def internal_error_result(rlm: Any, code: int | None = None):
+    """The reject every unexpected failure turns into."""
+    reply = [("Reply-Message", "internal error")]
+    if code is not None:
+        reply.append((ERROR, str(code)))
+    return (rlm.RLM_MODULE_REJECT, {"reply": tuple(reply)})
+
+
+def _load_opener(spec: str) -> Callable[[str, str], Any]:
+    """Import ``"module:function"``."""
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise ValueError(f"realm_opener must be module:function, not {spec!r}")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def _internal_error_code() -> int | None:
+    """The core's code for an internal error, if its taxonomy has one."""
+    try:
+        errors = importlib.import_module("tessera.errors")
+    except ImportError:
+        return None
+    for name in ("InternalError", "ServiceInternalError"):
+        code = getattr(getattr(errors, name, None), "code", None)
+        if isinstance(code, int):
+            return code
+    return None
+
+
+class Plugin:
+    """One per radiusd process: the realm's service for this server, and the three steps."""
+
+    def __init__(self, service: Any, rlm: Any, realm: Any = None,
+                 clock: Callable[[], float] = time.time):
+        self.service = service
+        self.rlm = rlm
+        self.realm = realm
+        self.clock = clock
+        self.internal_code = _internal_error_code()
+        self._steps = {
+            None: self._operation,
+            "admit-certificate": self._admit_certificate,
+            "eap-pwd-password": self._eap_pwd_password,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, rlm: Any) -> "Plugin":
+        """Open the realm named by the module's ``config {}`` (db, kek, server_id, realm_opener)."""
+        for key in ("db", "kek", "server_id"):
+            if not config.get(key):
+                raise ValueError(f"tessera module: config item {key!r} is not set")
+        opener = _load_opener(config.get("realm_opener") or "tessera.realm:open_realm")
+        realm = opener(config["db"], config["kek"])
+        plugin = cls(realm.service(config["server_id"]), rlm, realm)
+        plugin.log(rlm.L_INFO, f"realm open, server id {config['server_id']!r}")
+        return plugin
+
+    def log(self, level: int, message: str) -> None:
+        self.rlm.radlog(level, "tessera: " + message)
+
+    def close(self) -> None:
+        """Release the realm (SQLite connection) if it can be closed."""
+        close = getattr(self.realm, "close", None)
+        if callable(close):
+            close()
+
+    # -- the callback -------------------------------------------------------------------
+
+    def authorize(self, pairs: Iterable[tuple[str, str]]):
+        """rlm_python3 ``authorize``: never raises."""
+        try:
+            pairs = tuple(pairs)
+            step = next((v for k, v in pairs if k == STEP_ATTRIBUTE), None)
+            handler = self._steps.get(step)
+            if handler is None:
+                self.log(self.rlm.L_ERR, f"unknown {STEP_ATTRIBUTE} {_clean(step)!r}")
+                return internal_error_result(self.rlm, self.internal_code)
+            return handler(pairs)
+        except Exception as exc:  # noqa: BLE001 -- the contract is: never raise into radiusd
+            self.log(self.rlm.L_ERR, f"internal error: {_where(exc)}")
+            return internal_error_result(self.rlm, self.internal_code)
+
+    # -- the steps ------------------------------------------------------------------------
+
+    def _reject(self, what: str, device: str, exc: BaseException):
+        reason = _clean(f"{exc.name}: {exc}")
+        self.log(self.rlm.L_INFO, f"{what} rejected for {_clean(device)!r}: {reason}")
+        reply = (("Reply-Message", reason), (ERROR, str(exc.code)))
+        return (self.rlm.RLM_MODULE_REJECT, {"reply": reply})
+
+    def _operation(self, pairs):
+        device = next((v for k, v in pairs if k == "User-Name"), "")
+        try:
+            message = join_from_hex(v for k, v in pairs if k == MESSAGE)
+        except BadHexError as exc:  # FreeRADIUS always formats octets as 0x…: a bug, not input
+            self.log(self.rlm.L_ERR, f"internal error: {exc}")
+            return internal_error_result(self.rlm, self.internal_code)
+        try:
+            reply = self.service.handle(message, self.clock())
+        except Exception as exc:
+            if not _is_realm_error(exc):
+                raise
+            return self._reject("operation", device, exc)
+        items = tuple((REPLY, "+=", h) for h in split_to_hex(reply))
+        return (self.rlm.RLM_MODULE_OK, {"reply": items})
+
+    def _admit_certificate(self, pairs):
+        get = dict(pairs).get  # one instance each
+        serial = get("TLS-Client-Cert-Serial", "")
+        issuer = get("TLS-Client-Cert-Issuer", "")
+        cn = get("TLS-Client-Cert-Common-Name", "")
+        try:
+            device = self.service.admit_certificate(serial, issuer, cn, self.clock())
+        except Exception as exc:
+            if not _is_realm_error(exc):
+                raise
+            return self._reject("EAP-TLS admission", cn, exc)
+        self.log(self.rlm.L_DBG, f"EAP-TLS admission of {_clean(device)!r}")
+        return (self.rlm.RLM_MODULE_OK, {"request": (("Tessera-Device-Id", str(device)),)})
+
+    def _eap_pwd_password(self, pairs):
+        device = next((v for k, v in pairs if k == "User-Name"), "")
+        try:
+            password = self.service.eap_pwd_password(device, self.clock())
+        except Exception as exc:
+            if not _is_realm_error(exc):
+                raise
+            return self._reject("EAP-PWD admission", device, exc)
+        return (self.rlm.RLM_MODULE_OK, {"config": (("Cleartext-Password", str(password)),)})
