@@ -1,0 +1,257 @@
+"""The device side: registration, TGT and renewal, as a state machine with a transitions table.
+
+`DeviceClient` builds requests and takes replies; it never sends anything. The agent (or a test)
+moves the bytes. Each request is addressed to one server (its id is under the proof); on
+failover the caller builds a fresh request for the next server.
+
+    state           input                   next state
+    ENROLLED        register_request        REGISTERING
+    REGISTERING     register_reply          REGISTERED
+    REGISTERED      auth_request            AUTHENTICATING
+    AUTHENTICATING  ticket_reply            AUTHENTICATED
+    AUTHENTICATED   renew_request           RENEWING
+    RENEWING        ticket_reply            AUTHENTICATED
+    (any with a DRT) auth_request / register_request start over; a failed reply returns to the
+    state before the request.
+
+`next_action(now)` tells the agent what is due: register when there is no DRT or it is within
+`refresh` of its end, authenticate when there is no TGT or it is close to its end.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from . import kdf, message as m
+from .errors import BadProofError, ExpiredError, StateError, from_code
+from .identity import BootstrapBundle, DeviceKey, verify
+from .seal import Sealer, open_with_private_key, point_from_bytes
+from .service import REGISTER_CONTEXT, REGISTER_REPLY_CONTEXT, drt_device_aad, eap_pwd_password, tgt_device_aad
+from .wire import Reader, Writer
+
+
+class State(enum.Enum):
+    ENROLLED = "enrolled"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    AUTHENTICATING = "authenticating"
+    AUTHENTICATED = "authenticated"
+    RENEWING = "renewing"
+
+
+S = State
+TRANSITIONS: dict[tuple[State, str], State] = {
+    (S.ENROLLED, "register_request"): S.REGISTERING,
+    (S.REGISTERING, "register_request"): S.REGISTERING,
+    (S.REGISTERED, "register_request"): S.REGISTERING,
+    (S.AUTHENTICATED, "register_request"): S.REGISTERING,
+    (S.REGISTERING, "register_reply"): S.REGISTERED,
+    (S.REGISTERED, "auth_request"): S.AUTHENTICATING,
+    (S.AUTHENTICATING, "auth_request"): S.AUTHENTICATING,
+    (S.AUTHENTICATED, "auth_request"): S.AUTHENTICATING,
+    (S.RENEWING, "auth_request"): S.AUTHENTICATING,
+    (S.AUTHENTICATING, "ticket_reply"): S.AUTHENTICATED,
+    (S.AUTHENTICATED, "renew_request"): S.RENEWING,
+    (S.RENEWING, "renew_request"): S.RENEWING,
+    (S.RENEWING, "ticket_reply"): S.AUTHENTICATED,
+}
+
+
+@dataclass
+class Registration:
+    """What the device holds after registration: the LLK and the DRT's service part."""
+
+    llk: bytes
+    drt: bytes
+    generation: int
+    not_before: int
+    not_after: int
+
+    def __repr__(self) -> str:
+        return f"Registration(gen={self.generation}, {self.not_before}..{self.not_after})"
+
+
+@dataclass
+class Credentials:
+    """A TGT (service part) and its STK."""
+
+    tgt: bytes
+    stk: bytes
+    not_before: int
+    not_after: int
+
+    def __repr__(self) -> str:
+        return f"Credentials({self.not_before}..{self.not_after})"
+
+
+class DeviceClient:
+    def __init__(self, bundle: BootstrapBundle, key: DeviceKey, refresh: float = 0.25):
+        self.realm = bundle.realm
+        self.device_id = bundle.device_id
+        self.service_key = point_from_bytes(bundle.service_public_key)
+        self.key = key
+        self.refresh = refresh  # act when this fraction of a ticket's life is left
+        self.state = State.ENROLLED
+        self.registration: Registration | None = None
+        self.credentials: Credentials | None = None
+        self._pending: tuple[str, m.Message, State] | None = None
+
+    def _step(self, event: str) -> None:
+        try:
+            new = TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise StateError(f"{event} is not allowed in state {self.state.value}") from None
+        self.state = new
+
+    def _begin(self, kind: str, event: str) -> State:
+        """Take the transition for a new request; returns the state to fall back to on failure
+        (a retry keeps the fallback of the request it replaces)."""
+        fallback = self._pending[2] if self._pending is not None else self.state
+        self._step(event)
+        return fallback
+
+    def _expect(self, kind: str) -> m.Message:
+        if self._pending is None or self._pending[0] != kind:
+            raise StateError(f"no {kind} outstanding")
+        return self._pending[1]
+
+    def _fail(self) -> None:
+        if self._pending is not None:
+            self.state = self._pending[2]
+            self._pending = None
+
+    def _reply(self, data: bytes, cls: type[m.Message]) -> m.Message:
+        msg = m.decode(data, (cls, m.ErrorMessage))
+        if isinstance(msg, m.ErrorMessage):
+            self._fail()
+            exc = from_code(msg.code, msg.detail)
+            exc.server_time = msg.server_time or None
+            raise exc
+        return msg
+
+    # -- registration --------------------------------------------------------------------
+    def register_request(self, server_id: str, now: float, nonce: bytes) -> bytes:
+        fallback = self._begin("register", "register_request")
+        req = m.RegisterRequest(self.realm, self.device_id, server_id, int(now), nonce)
+        req.signature = self.key.sign(REGISTER_CONTEXT + req.body())
+        self._pending = ("register", req, fallback)
+        return req.encode()
+
+    def register_reply(self, data: bytes, now: float) -> Registration:
+        req = self._expect("register")
+        try:
+            rep = self._reply(data, m.RegisterReply)
+            if rep.request_nonce != req.nonce or rep.device_id != self.device_id or rep.realm != self.realm:
+                raise BadProofError("registration reply does not answer this request")
+            if not verify(self.service_key, rep.signature, REGISTER_REPLY_CONTEXT + rep.body()):
+                raise BadProofError("registration reply is not signed by the realm's service key")
+            r = Reader(open_with_private_key(self.key.private_key, rep.device_part,
+                                             drt_device_aad(self.realm, self.device_id, req.nonce)))
+            reg = Registration(r.pull_bytes(32), rep.drt, r.pull_u32(), r.pull_u64(), r.pull_u64())
+            r.finish()
+        except Exception:
+            self._fail()
+            raise
+        self._step("register_reply")
+        self._pending = None
+        self.registration, self.credentials = reg, None
+        return reg
+
+    # -- TGT -----------------------------------------------------------------------------
+    def auth_request(self, server_id: str, now: float, nonce: bytes) -> bytes:
+        if self.registration is None:
+            raise StateError("no registration to authenticate with")
+        fallback = self._begin("ticket", "auth_request")
+        req = m.AuthRequest(self.realm, self.device_id, server_id, int(now), nonce, self.registration.drt)
+        req.mac = kdf.mac(kdf.derive(self.registration.llk, kdf.AUTH_PROOF), req.body())
+        self._pending = ("ticket", req, fallback)
+        return req.encode()
+
+    def renew_request(self, server_id: str, now: float, nonce: bytes) -> bytes:
+        if self.credentials is None:
+            raise StateError("no TGT to renew")
+        fallback = self._begin("ticket", "renew_request")
+        req = m.RenewRequest(self.realm, self.device_id, server_id, int(now), nonce, self.credentials.tgt)
+        req.mac = kdf.mac(kdf.derive(self.credentials.stk, kdf.RENEW_PROOF), req.body())
+        self._pending = ("ticket", req, fallback)
+        return req.encode()
+
+    def ticket_reply(self, data: bytes, now: float) -> Credentials:
+        req = self._expect("ticket")
+        try:
+            rep = self._reply(data, m.TicketReply)
+            if rep.request_nonce != req.nonce or rep.device_id != self.device_id or rep.realm != self.realm:
+                raise BadProofError("ticket reply does not answer this request")
+            if isinstance(req, m.AuthRequest):
+                key = kdf.derive(self.registration.llk, kdf.TGT_DEVICE_PART)
+            else:
+                key = kdf.derive(self.credentials.stk, kdf.RENEW_DEVICE_PART)
+            r = Reader(Sealer(key).open(rep.device_part, tgt_device_aad(self.realm, self.device_id, req.nonce, rep.tgt)))
+            creds = Credentials(rep.tgt, r.pull_bytes(32), r.pull_u64(), r.pull_u64())
+            r.finish()
+        except Exception:
+            self._fail()
+            raise
+        self._step("ticket_reply")
+        self._pending = None
+        self.credentials = creds
+        return creds
+
+    # -- what is due ---------------------------------------------------------------------
+    def next_action(self, now: float) -> str | None:
+        """'register', 'authenticate', 'renew' or None, by the tickets' remaining life."""
+        reg = self.registration
+        if reg is None or now >= reg.not_after - self.refresh * (reg.not_after - reg.not_before):
+            return "register"
+        c = self.credentials
+        if c is None or now >= c.not_after:
+            return "authenticate"
+        if now >= c.not_after - self.refresh * (c.not_after - c.not_before):
+            return "renew" if c.not_after < reg.not_after else "authenticate"
+        return None
+
+    def tgt_for_peering(self, now: float) -> Credentials:
+        if self.credentials is None or now >= self.credentials.not_after:
+            raise ExpiredError("no valid TGT")
+        return self.credentials
+
+    def eap_pwd_password(self) -> str:
+        """The EAP-PWD password for port admission once registered (same derivation as the service)."""
+        if self.registration is None:
+            raise StateError("not registered")
+        return eap_pwd_password(self.registration.llk, self.device_id)
+
+    # -- state at rest ---------------------------------------------------------------------
+    def export_state(self, nonce: bytes) -> bytes:
+        """LLK, DRT, STK, TGT sealed under a key derived from the device's private key."""
+        w = Writer().push_u8(1)
+        for part in (self.registration, self.credentials):
+            w.push_u8(part is not None)
+        if self.registration:
+            g = self.registration
+            w.push_bytes(g.llk).push_vbytes(g.drt, 1024).push_u32(g.generation).push_u64(g.not_before).push_u64(g.not_after)
+        if self.credentials:
+            c = self.credentials
+            w.push_bytes(c.stk).push_vbytes(c.tgt, 1024).push_u64(c.not_before).push_u64(c.not_after)
+        return Sealer(self._state_key()).seal(nonce, w.getvalue(), self.device_id.encode())
+
+    def import_state(self, sealed: bytes) -> None:
+        r = Reader(Sealer(self._state_key()).open(sealed, self.device_id.encode()))
+        if r.pull_u8() != 1:
+            raise StateError("unknown state format")
+        has_reg, has_creds = r.pull_u8(), r.pull_u8()
+        reg = creds = None
+        if has_reg:
+            llk, drt = r.pull_bytes(32), r.pull_vbytes(1024)
+            reg = Registration(llk, drt, r.pull_u32(), r.pull_u64(), r.pull_u64())
+        if has_creds:
+            stk, tgt = r.pull_bytes(32), r.pull_vbytes(1024)
+            creds = Credentials(tgt, stk, r.pull_u64(), r.pull_u64())
+        r.finish()
+        self.registration, self.credentials = reg, creds
+        self.state = State.AUTHENTICATED if creds else State.REGISTERED if reg else State.ENROLLED
+
+    def _state_key(self) -> bytes:
+        scalar = self.key.private_key.private_numbers().private_value.to_bytes(32, "big")
+        return kdf.derive(scalar, b"device state at rest", self.device_id.encode())

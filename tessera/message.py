@@ -1,0 +1,318 @@
+"""Messages: the requests and replies carried in RADIUS attributes, and the peer frames.
+
+Every message starts with `version u8 | type u8`, followed by its fields in the order its
+`FIELDS` table gives. Field codecs are bounded (see wire.py); a message that ends early, runs on,
+or has a field longer than its bound raises `MalformedError`. The last field of a request is its
+proof (signature or MAC) over `body()` — every byte before it.
+
+    type  message            carried in           proof
+    1     RegisterRequest    Tessera-Message      ECDSA by the device key
+    2     RegisterReply      Tessera-Reply        ECDSA by the service key
+    3     AuthRequest        Tessera-Message      HMAC under a key from the LLK
+    4     TicketReply        Tessera-Reply        (device part is AEAD)
+    5     RenewRequest       Tessera-Message      HMAC under a key from the STK
+    6     SessionRequest     Tessera-Message      HMAC under a key from B's STK (+ A's authenticator)
+    7     SessionReply       Tessera-Reply        (both parts are AEAD)
+    15    ErrorMessage       Tessera-Reply / frame
+    32    PeerHello          frame A→B            A's authenticator (HMAC, names B)
+    33    PeerTicket         frame B→A            finished MAC of B
+    34    PeerFinished       frame A→B            finished MAC of A
+    35    PeerData           frame, both ways     AEAD record (record.py)
+
+Sizes (16-character ids, see tests/unit/test_size.py) all fit one Ethernet frame and a few
+RADIUS attribute instances of ≤ 247 bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from .errors import MalformedError, UnsupportedVersionError
+from .wire import Reader, Writer
+
+VERSION = 1
+NONCE_LEN = 16
+MAC_LEN = 32
+SIG_LEN = 64
+MAX_BLOB = 1024
+MAX_MESSAGE = 4000
+
+
+def _pull(r: Reader, kind: str):
+    if kind == "id":
+        return r.pull_str(64)
+    if kind == "text":
+        return r.pull_str(255)
+    if kind == "u16":
+        return r.pull_u16()
+    if kind == "u64":
+        return r.pull_u64()
+    if kind == "nonce":
+        return r.pull_bytes(NONCE_LEN)
+    if kind == "mac":
+        return r.pull_bytes(MAC_LEN)
+    if kind == "sig":
+        return r.pull_bytes(SIG_LEN)
+    if kind == "sid":
+        return r.pull_bytes(8)
+    if kind == "blob":
+        return r.pull_vbytes(MAX_BLOB)
+    if kind == "rest":
+        return r.pull_rest()
+    raise AssertionError(kind)
+
+
+def _push(w: Writer, kind: str, v) -> None:
+    if kind == "id":
+        w.push_str(v, 64)
+    elif kind == "text":
+        w.push_str(v[:255], 255)
+    elif kind == "u16":
+        w.push_u16(v)
+    elif kind == "u64":
+        w.push_u64(v)
+    elif kind in ("nonce", "mac", "sig", "sid"):
+        want = {"nonce": NONCE_LEN, "mac": MAC_LEN, "sig": SIG_LEN, "sid": 8}[kind]
+        if len(v) != want:
+            raise ValueError(f"{kind} must be {want} bytes")
+        w.push_bytes(v)
+    elif kind == "blob":
+        w.push_vbytes(v, MAX_BLOB)
+    elif kind == "rest":
+        w.push_bytes(v)
+    else:
+        raise AssertionError(kind)
+
+
+class Message:
+    """Base of all messages: a field table drives encode, decode and body."""
+
+    TYPE: ClassVar[int]
+    FIELDS: ClassVar[tuple[tuple[str, str], ...]]
+    PROOF: ClassVar[str | None] = None  # name of the trailing proof field, if any
+
+    def _write(self, upto: str | None) -> bytes:
+        w = Writer().push_u8(VERSION).push_u8(self.TYPE)
+        for name, kind in self.FIELDS:
+            if name == upto:
+                break
+            _push(w, kind, getattr(self, name))
+        return w.getvalue()
+
+    def encode(self) -> bytes:
+        return self._write(None)
+
+    def body(self) -> bytes:
+        """Every byte before the proof: what the signature or MAC covers."""
+        return self._write(self.PROOF)
+
+    @classmethod
+    def _read(cls, r: Reader) -> "Message":
+        values = {name: _pull(r, kind) for name, kind in cls.FIELDS}
+        r.finish()
+        return cls(**values)
+
+    def __repr__(self) -> str:  # proofs, blobs and sealed parts are not for logs
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n, k in self.FIELDS if k in ("id", "u16", "u64", "text"))
+        return f"{type(self).__name__}({shown})"
+
+
+@dataclass(repr=False)
+class RegisterRequest(Message):
+    realm: str
+    device_id: str
+    server_id: str
+    timestamp: int
+    nonce: bytes
+    signature: bytes = b"\x00" * SIG_LEN
+    TYPE = 1
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("server_id", "id"), ("timestamp", "u64"),
+              ("nonce", "nonce"), ("signature", "sig"))
+    PROOF = "signature"
+
+
+@dataclass(repr=False)
+class RegisterReply(Message):
+    realm: str
+    device_id: str
+    request_nonce: bytes
+    drt: bytes  # the DRT's service part (ticket.RegistrationTicket, sealed)
+    device_part: bytes  # LLK + policy sealed to the device public key (ECIES)
+    signature: bytes = b"\x00" * SIG_LEN
+    TYPE = 2
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("request_nonce", "nonce"), ("drt", "blob"),
+              ("device_part", "blob"), ("signature", "sig"))
+    PROOF = "signature"
+
+
+@dataclass(repr=False)
+class AuthRequest(Message):
+    realm: str
+    device_id: str
+    server_id: str
+    timestamp: int
+    nonce: bytes
+    drt: bytes
+    mac: bytes = b"\x00" * MAC_LEN
+    TYPE = 3
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("server_id", "id"), ("timestamp", "u64"),
+              ("nonce", "nonce"), ("drt", "blob"), ("mac", "mac"))
+    PROOF = "mac"
+
+
+@dataclass(repr=False)
+class TicketReply(Message):
+    realm: str
+    device_id: str
+    request_nonce: bytes
+    tgt: bytes  # the TGT's service part (ticket.GrantingTicket, sealed)
+    device_part: bytes  # STK + policy, AEAD under a key from the LLK (or the old STK on renewal)
+    TYPE = 4
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("request_nonce", "nonce"), ("tgt", "blob"),
+              ("device_part", "blob"))
+
+
+@dataclass(repr=False)
+class RenewRequest(Message):
+    realm: str
+    device_id: str
+    server_id: str
+    timestamp: int
+    nonce: bytes
+    tgt: bytes
+    mac: bytes = b"\x00" * MAC_LEN
+    TYPE = 5
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("server_id", "id"), ("timestamp", "u64"),
+              ("nonce", "nonce"), ("tgt", "blob"), ("mac", "mac"))
+    PROOF = "mac"
+
+
+@dataclass(repr=False)
+class PeerHello(Message):
+    """A → B: A's TGT and A's authenticator, which names B (claim 17)."""
+
+    realm: str
+    initiator: str
+    responder: str
+    timestamp: int
+    nonce: bytes
+    tgt: bytes
+    mac: bytes = b"\x00" * MAC_LEN
+    TYPE = 32
+    FIELDS = (("realm", "id"), ("initiator", "id"), ("responder", "id"), ("timestamp", "u64"),
+              ("nonce", "nonce"), ("tgt", "blob"), ("mac", "mac"))
+    PROOF = "mac"
+
+
+@dataclass(repr=False)
+class SessionRequest(Message):
+    """B → service: B's TGT and request (addressed to one server) plus A's hello, verbatim."""
+
+    realm: str
+    device_id: str  # B, the responder
+    server_id: str
+    timestamp: int
+    nonce: bytes
+    tgt: bytes
+    hello: bytes  # A's PeerHello as received
+    mac: bytes = b"\x00" * MAC_LEN
+    TYPE = 6
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("server_id", "id"), ("timestamp", "u64"),
+              ("nonce", "nonce"), ("tgt", "blob"), ("hello", "blob"), ("mac", "mac"))
+    PROOF = "mac"
+
+
+@dataclass(repr=False)
+class SessionReply(Message):
+    """The shared service ticket: the session key sealed for B and, separately, for A."""
+
+    realm: str
+    initiator: str
+    responder: str
+    initiator_nonce: bytes
+    request_nonce: bytes  # B's nonce
+    not_after: int
+    part_responder: bytes
+    part_initiator: bytes
+    TYPE = 7
+    FIELDS = (("realm", "id"), ("initiator", "id"), ("responder", "id"), ("initiator_nonce", "nonce"),
+              ("request_nonce", "nonce"), ("not_after", "u64"), ("part_responder", "blob"),
+              ("part_initiator", "blob"))
+
+
+@dataclass(repr=False)
+class ErrorMessage(Message):
+    code: int
+    server_time: int  # 0 unless the error is clock skew: lets a device without a set clock recover
+    detail: str
+    TYPE = 15
+    FIELDS = (("code", "u16"), ("server_time", "u64"), ("detail", "text"))
+
+
+@dataclass(repr=False)
+class PeerTicket(Message):
+    """B → A: A's part of the shared service ticket and B's finished MAC."""
+
+    realm: str
+    initiator: str
+    responder: str
+    initiator_nonce: bytes
+    responder_nonce: bytes
+    not_after: int
+    part_initiator: bytes
+    finished: bytes = b"\x00" * MAC_LEN
+    TYPE = 33
+    FIELDS = (("realm", "id"), ("initiator", "id"), ("responder", "id"), ("initiator_nonce", "nonce"),
+              ("responder_nonce", "nonce"), ("not_after", "u64"), ("part_initiator", "blob"),
+              ("finished", "mac"))
+    PROOF = "finished"
+
+
+@dataclass(repr=False)
+class PeerFinished(Message):
+    realm: str
+    initiator: str
+    responder: str
+    initiator_nonce: bytes
+    finished: bytes = b"\x00" * MAC_LEN
+    TYPE = 34
+    FIELDS = (("realm", "id"), ("initiator", "id"), ("responder", "id"), ("initiator_nonce", "nonce"),
+              ("finished", "mac"))
+    PROOF = "finished"
+
+
+@dataclass(repr=False)
+class PeerData(Message):
+    session_id: bytes
+    seq: int
+    sealed: bytes
+    TYPE = 35
+    FIELDS = (("session_id", "sid"), ("seq", "u64"), ("sealed", "rest"))
+
+
+MESSAGES: dict[int, type[Message]] = {
+    m.TYPE: m for m in (RegisterRequest, RegisterReply, AuthRequest, TicketReply, RenewRequest,
+                        SessionRequest, SessionReply, ErrorMessage, PeerHello, PeerTicket,
+                        PeerFinished, PeerData)
+}
+
+
+def decode(data: bytes, expect: tuple[type[Message], ...] | None = None) -> Message:
+    """Decode any message; `expect` limits the acceptable types (else MalformedError)."""
+    if len(data) > MAX_MESSAGE:
+        raise MalformedError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    r = Reader(data)
+    version, mtype = r.pull_u8(), r.pull_u8()
+    if version != VERSION:
+        raise UnsupportedVersionError(f"message version {version}")
+    cls = MESSAGES.get(mtype)
+    if cls is None:
+        raise MalformedError(f"unknown message type {mtype}")
+    if expect is not None and cls not in expect:
+        raise MalformedError(f"unexpected {cls.__name__}")
+    return cls._read(r)
+
+
+def field_names(cls: type[Message]) -> list[str]:
+    return [f.name for f in fields(cls)]

@@ -1,0 +1,216 @@
+"""A realm's state and the operator's actions on it: enrol, revoke, rotate, bootstrap bundles.
+
+`Realm` sits on a `Registry` and the key-encryption key (KEK). It keeps in the registry, sealed
+under the KEK: the service's master keys (one row per version), the service's signing key, and
+the realm's own device CA key; in the clear: the realm name, the CA certificate and the trusted
+manufacturer CA certificates. Every server of the realm opens the same registry with the same
+KEK and so holds the same keys; `reload_if_changed` picks up a rotation made by the CLI.
+
+`open_realm(db_path, kek_path)` is the one function here that touches files.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from . import servicekey
+from .errors import CertificateError, MalformedError
+from .identity import (BootstrapBundle, CertificateAuthority, DeviceKey, ServerEntry, certificate_serial_hex,
+                       check_device_certificate, check_device_id, check_realm, load_certificate,
+                       pem_certificate)
+from .registry import AuditEvent, DeviceRecord, DeviceState, Registry, RegistryError
+from .seal import Sealer, point_bytes, point_from_bytes
+from . import kdf
+from .service import Policy, Service
+from .servicekey import KeyRing, ServiceKey
+
+KEK_LEN = 32
+
+
+def issuer_string(cert: x509.Certificate) -> str:
+    """The issuer as FreeRADIUS prints TLS-Client-Cert-Issuer (OpenSSL's one-line form)."""
+    parts = []
+    for rdn in cert.issuer.rdns:
+        for a in rdn:
+            short = {NameOID.COMMON_NAME: "CN", NameOID.ORGANIZATION_NAME: "O", NameOID.COUNTRY_NAME: "C",
+                     NameOID.ORGANIZATIONAL_UNIT_NAME: "OU", NameOID.SERIAL_NUMBER: "serialNumber"}.get(a.oid, a.oid.dotted_string)
+            parts.append(f"/{short}={a.value}")
+    return "".join(parts)
+
+
+class Realm:
+    def __init__(self, registry: Registry, kek: bytes, random: Callable[[int], bytes] = os.urandom):
+        if len(kek) != KEK_LEN:
+            raise MalformedError("the KEK must be 32 bytes")
+        self.registry = registry
+        self._kek = kek
+        self.random = random
+        name = registry.get_meta("realm")
+        if name is None:
+            raise RegistryError("the registry holds no realm: run `tessera-admin init` first")
+        self.name = name.decode()
+        self.policy = Policy(**{k: int(v) for k, v in ((k, registry.get_meta("policy." + k)) for k in
+                                                      ("registration_lifetime", "tgt_lifetime", "session_lifetime", "clock_skew")) if v})
+        self.signing_key = DeviceKey.from_pem(self._open_meta("service_signing_key"))
+        self.ca = CertificateAuthority.from_pem(registry.get_meta("ca_certificate"), self._open_meta("ca_key"))
+        self._services: list[Service] = []
+        self.keyring = self._load_keyring()
+        self._version = self._data_version()
+
+    # -- creation ----------------------------------------------------------------------------
+    @classmethod
+    def init(cls, registry: Registry, kek: bytes, name: str, now: float, policy: Policy = Policy(),
+             random: Callable[[int], bytes] = os.urandom) -> "Realm":
+        check_realm(name)
+        if registry.get_meta("realm") is not None:
+            raise RegistryError("the registry already holds a realm")
+        t = int(now)
+        ca = CertificateAuthority.generate(f"{name} device CA", now)
+        sealer = Sealer(kdf.derive(kek, kdf.KEYRING_AT_REST, b"meta"))
+        registry.set_meta("service_signing_key", sealer.seal(random(12), DeviceKey.generate().pem(), b"service_signing_key"))
+        registry.set_meta("ca_key", sealer.seal(random(12), DeviceKey(ca.private_key).pem(), b"ca_key"))
+        registry.set_meta("ca_certificate", pem_certificate(ca.certificate))
+        for k, v in policy.__dict__.items():
+            registry.set_meta("policy." + k, str(v).encode())
+        key = ServiceKey(1, random(32), t)
+        registry.store_service_keys([(1, servicekey.seal_at_rest(kek, name, key, random(12)), t, None)],
+                                    AuditEvent(t, "realm-created", None, f"realm {name}, service key version 1"))
+        registry.set_meta("realm", name.encode())
+        return cls(registry, kek, random)
+
+    def _open_meta(self, key: str) -> bytes:
+        sealed = self.registry.get_meta(key)
+        if sealed is None:
+            raise RegistryError(f"the registry lacks {key}")
+        return Sealer(kdf.derive(self._kek, kdf.KEYRING_AT_REST, b"meta")).open(sealed, key.encode())
+
+    def _load_keyring(self) -> KeyRing:
+        keys = [ServiceKey(kvno, servicekey.open_at_rest(self._kek, self.name, kvno, sealed), created, retire)
+                for kvno, sealed, created, retire in self.registry.load_service_keys()]
+        return KeyRing(self.name, keys)
+
+    def _data_version(self) -> int:
+        dv = getattr(self.registry, "data_version", None)
+        return dv() if dv else 0
+
+    # -- serving -----------------------------------------------------------------------------
+    def service(self, server_id: str, random: Callable[[int], bytes] | None = None) -> Service:
+        svc = Service(self.name, server_id, self.keyring, self.registry, self.signing_key,
+                      random or self.random, self.policy)
+        self._services.append(svc)
+        return svc
+
+    def reload_if_changed(self) -> bool:
+        """Reload the key ring if another process changed the registry (a rotation)."""
+        v = self._data_version()
+        if v == self._version:
+            return False
+        self._version = v
+        ring = self._load_keyring()
+        if [(k.kvno, k.retire_at) for k in ring.versions()] == [(k.kvno, k.retire_at) for k in self.keyring.versions()]:
+            return False
+        self.keyring = ring
+        for svc in self._services:
+            svc.keyring = ring
+        return True
+
+    @property
+    def service_public_key(self) -> bytes:
+        return point_bytes(self.signing_key.public_key)
+
+    # -- operator actions --------------------------------------------------------------------
+    def enrol_key(self, device_id: str, public_key: bytes, now: float, certificate: x509.Certificate | None = None,
+                  how: str = "key") -> DeviceRecord:
+        """Enrol by device id + public key (claim 7); a certificate, if given, binds EAP-TLS admission."""
+        check_device_id(device_id)
+        point_from_bytes(public_key)
+        t = int(now)
+        rec = DeviceRecord(device_id, public_key, DeviceState.ENROLLED, how, t, t,
+                           cert_issuer=issuer_string(certificate) if certificate else None,
+                           cert_serial=certificate_serial_hex(certificate) if certificate else None)
+        self.registry.add_device(rec, AuditEvent(t, "enrolled", device_id, f"by {how}"))
+        return rec
+
+    def enrol_certificate(self, cert_pem: bytes, now: float) -> DeviceRecord:
+        """Enrol by a device certificate from a trusted device CA (claims 10, 20)."""
+        cert = load_certificate(cert_pem)
+        device_id = check_device_certificate(cert, self.trusted_cas(), now)
+        return self.enrol_key(device_id, point_bytes(cert.public_key()), now, cert, "certificate")
+
+    def issue_certificate(self, device_id: str, public_key: bytes, now: float) -> x509.Certificate:
+        return self.ca.issue_device_certificate(device_id, point_from_bytes(public_key), now)
+
+    def enrol_generated(self, device_id: str, servers: list[ServerEntry], radius_secret: str, now: float) -> BootstrapBundle:
+        """The service makes the key pair and a certificate, and exports the bundle (claim 13)."""
+        key = DeviceKey.generate()
+        cert = self.issue_certificate(device_id, key.public_bytes(), now)
+        self.enrol_key(device_id, key.public_bytes(), now, cert, "bundle")
+        b = self.bundle(device_id, servers, radius_secret)
+        b.device_key_pem, b.device_certificate_pem = key.pem(), pem_certificate(cert)
+        return b
+
+    def bundle(self, device_id: str, servers: list[ServerEntry], radius_secret: str) -> BootstrapBundle:
+        return BootstrapBundle(self.name, device_id, self.service_public_key, servers, radius_secret,
+                               ca_certificate_pem=pem_certificate(self.ca.certificate))
+
+    def trusted_cas(self) -> list[x509.Certificate]:
+        pem = self.registry.get_meta("trusted_cas") or b""
+        return [self.ca.certificate] + x509.load_pem_x509_certificates(pem) if pem else [self.ca.certificate]
+
+    def trust_ca(self, cert_pem: bytes, now: float) -> x509.Certificate:
+        cert = load_certificate(cert_pem)
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value if cert.extensions else None
+        if bc is None or not bc.ca:
+            raise CertificateError("not a CA certificate")
+        old = self.registry.get_meta("trusted_cas") or b""
+        self.registry.set_meta("trusted_cas", old + pem_certificate(cert))
+        self.registry.add_audit(AuditEvent(int(now), "ca-trusted", None, cert.subject.rfc4514_string()))
+        return cert
+
+    def revoke(self, device_id: str, now: float, reason: str = "") -> None:
+        self.registry.set_state(device_id, DeviceState.REVOKED, int(now),
+                                AuditEvent(int(now), "revoked", device_id, reason))
+
+    def rotate(self, now: float) -> ServiceKey:
+        """New service key version; the old ones keep opening their tickets until they expire."""
+        t = int(now)
+        ring = self._load_keyring()
+        ring.prune(t)
+        new = ring.rotate(self.random(32), t, self.policy.longest_lifetime)
+        rows = [(k.kvno, servicekey.seal_at_rest(self._kek, self.name, k, self.random(12)), k.created, k.retire_at)
+                for k in ring.versions()]
+        self.registry.store_service_keys(rows, AuditEvent(t, "key-rotated", None, f"service key version {new.kvno}"))
+        self.keyring = ring
+        for svc in self._services:
+            svc.keyring = ring
+        return new
+
+
+def read_kek(path: str) -> bytes:
+    st = os.stat(path)
+    if st.st_mode & 0o077:
+        raise PermissionError(f"{path} must not be readable by group or others (mode {oct(st.st_mode & 0o777)})")
+    with open(path, "rb") as f:
+        kek = f.read()
+    if len(kek) != KEK_LEN:
+        raise MalformedError(f"{path}: the KEK must be {KEK_LEN} bytes")
+    return kek
+
+
+def create_kek(path: str) -> bytes:
+    """Write a new random KEK, 0600, refusing to overwrite one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    kek = os.urandom(KEK_LEN)
+    with os.fdopen(fd, "wb") as f:
+        f.write(kek)
+    return kek
+
+
+def open_realm(db_path: str, kek_path: str) -> Realm:
+    from .sqlite_registry import SQLiteRegistry
+
+    return Realm(SQLiteRegistry(db_path), read_kek(kek_path))

@@ -1,0 +1,280 @@
+"""The realm service: registration, authentication → TGT, renewal and peer session keys.
+
+Sans-I/O: `Service.process(request_bytes, now)` decides everything and returns the reply bytes
+(or raises a `TesseraError` naming the reason); the FreeRADIUS module only moves bytes in and
+out of attributes. Time, randomness (`random(n) -> bytes`), the registry and the key ring are
+passed in. The service keeps no per-device secret: the LLK travels inside the DRT's service
+part and the STK inside the TGT's, both sealed under the service key, so any server of the realm
+can answer any request. Its only state is the replay cache of proofs addressed to it.
+
+Checks run cheapest-first and proofs before anything is written: parse → realm → server id →
+clock skew → open ticket → verify proof → validity → registry state → replay cache → issue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from . import kdf, message as m
+from .errors import (BadProofError, CertificateError, InvalidTicket, MalformedError, NotRegisteredError,
+                     RevokedError, StateError, SupersededError, TesseraError, UnknownDeviceError,
+                     WrongPeerError, WrongRealmError, WrongServerError)
+from .identity import DeviceKey, check_device_id, verify
+from .registry import AuditEvent, DeviceRecord, DeviceState, Registry
+from .replay import ReplayCache, check_skew
+from .seal import Sealer, point_from_bytes, seal_to_public_key
+from .servicekey import KeyRing
+from .ticket import GrantingTicket, RegistrationTicket, check_validity, open_ticket, seal_ticket
+from .wire import Writer
+
+REGISTER_CONTEXT = b"tessera v1 register\x00"
+REGISTER_REPLY_CONTEXT = b"tessera v1 register reply\x00"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Lifetimes in seconds (claims 12, 26: each ticket carries its validity)."""
+
+    registration_lifetime: int = 30 * 86400  # DRT / LLK
+    tgt_lifetime: int = 8 * 3600  # TGT / STK
+    session_lifetime: int = 3600  # peer session key, capped by both TGTs
+    clock_skew: int = 300  # as Kerberos' default
+
+    @property
+    def longest_lifetime(self) -> int:
+        return max(self.registration_lifetime, self.tgt_lifetime, self.session_lifetime) + self.clock_skew
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the service did, for the adapter's log line (never key material)."""
+
+    operation: str
+    device_id: str
+    reply: bytes
+    detail: str = ""
+
+
+def drt_device_aad(realm: str, device_id: str, nonce: bytes) -> bytes:
+    return Writer().push_bytes(b"drt device part\x00").push_str(realm).push_str(device_id).push_bytes(nonce).getvalue()
+
+
+def tgt_device_aad(realm: str, device_id: str, nonce: bytes, tgt: bytes) -> bytes:
+    return (Writer().push_bytes(b"tgt device part\x00").push_str(realm).push_str(device_id)
+            .push_bytes(nonce).push_vbytes(tgt, 1024).getvalue())
+
+
+def session_part_aad(realm: str, initiator: str, responder: str, initiator_nonce: bytes, role: bytes) -> bytes:
+    return (Writer().push_bytes(b"session part\x00" + role).push_str(realm).push_str(initiator)
+            .push_str(responder).push_bytes(initiator_nonce).getvalue())
+
+
+def session_part_body(key: bytes, not_after: int, initiator: str, responder: str, ni: bytes, nr: bytes) -> bytes:
+    return (Writer().push_bytes(key).push_u64(not_after).push_str(initiator).push_str(responder)
+            .push_bytes(ni).push_bytes(nr).getvalue())
+
+
+class Service:
+    """One server of a realm."""
+
+    def __init__(self, realm: str, server_id: str, keyring: KeyRing, registry: Registry,
+                 signing_key: DeviceKey, random: Callable[[int], bytes], policy: Policy = Policy()):
+        self.realm = realm
+        self.server_id = server_id
+        self.keyring = keyring
+        self.registry = registry
+        self.signing_key = signing_key
+        self.random = random
+        self.policy = policy
+        self.replay = ReplayCache(policy.clock_skew)
+        self._handlers = {
+            m.RegisterRequest: self._register,
+            m.AuthRequest: self._authenticate,
+            m.RenewRequest: self._renew,
+            m.SessionRequest: self._session,
+        }
+
+    # -- the entry points ----------------------------------------------------------------
+    def handle(self, request: bytes, now: float) -> bytes:
+        """Reply bytes for a request, or raise TesseraError with the reason."""
+        return self.process(request, now).reply
+
+    def process(self, request: bytes, now: float) -> Outcome:
+        msg = m.decode(request, tuple(self._handlers))
+        if msg.realm != self.realm:
+            raise WrongRealmError(f"realm {msg.realm!r}, this is {self.realm!r}")
+        if msg.server_id != self.server_id:
+            raise WrongServerError(f"addressed to {msg.server_id!r}, this is {self.server_id!r}")
+        t = int(now)
+        check_skew(msg.timestamp, t, self.policy.clock_skew)
+        return self._handlers[type(msg)](msg, t)
+
+    def error_reply(self, exc: TesseraError, now: float) -> bytes:
+        """The ErrorMessage for a rejection (carried in Tessera-Reply beside Reply-Message)."""
+        return m.ErrorMessage(exc.code, getattr(exc, "server_time", None) or 0, exc.reason[:255]).encode()
+
+    # -- registration (claims 5-7, 11-15) --------------------------------------------------
+    def _register(self, req: m.RegisterRequest, now: int) -> Outcome:
+        rec = self._device(req.device_id, allow_unregistered=True)
+        if not _verify_device(rec, REGISTER_CONTEXT + req.body(), req.signature):
+            self.registry.add_audit(AuditEvent(now, "register-rejected", req.device_id, "bad signature", self.server_id))
+            raise BadProofError("registration signature does not verify with the enrolled key")
+        self.replay.add(b"R" + _key(req.device_id, req.nonce), req.timestamp, now)
+        generation = rec.generation + 1
+        not_after = now + self.policy.registration_lifetime
+        llk = self.random(32)
+        drt = seal_ticket(self.keyring, RegistrationTicket(req.device_id, generation, now, not_after, llk),
+                          now, self.random(12))
+        device_part = seal_to_public_key(
+            point_from_bytes(rec.public_key),
+            Writer().push_bytes(llk).push_u32(generation).push_u64(now).push_u64(not_after).getvalue(),
+            drt_device_aad(self.realm, req.device_id, req.nonce), self.random(32))
+        reply = m.RegisterReply(self.realm, req.device_id, req.nonce, drt, device_part)
+        reply.signature = self.signing_key.sign(REGISTER_REPLY_CONTEXT + reply.body())
+        event = AuditEvent(now, "registered", req.device_id, f"generation {generation}, until {not_after}", self.server_id)
+        if not self.registry.record_registration(req.device_id, rec.generation, generation, not_after, drt, now, event):
+            raise StateError("the device's registration changed meanwhile; retry")
+        return Outcome("register", req.device_id, reply.encode(), f"generation {generation}")
+
+    # -- authentication → TGT (claims 1, 2, 16) ---------------------------------------------
+    def _authenticate(self, req: m.AuthRequest, now: int) -> Outcome:
+        drt = open_ticket(self.keyring, req.drt, RegistrationTicket, now)
+        if drt.device_id != req.device_id:
+            raise InvalidTicket("registration ticket belongs to another device")
+        if not kdf.mac_ok(kdf.derive(drt.llk, kdf.AUTH_PROOF), req.body(), req.mac):
+            raise BadProofError("proof of the LLK does not verify")
+        check_validity(drt.not_before, drt.not_after, now, self.policy.clock_skew, "registration ticket")
+        self._check_current(drt.device_id, drt.generation)
+        self.replay.add(b"A" + _key(req.device_id, req.nonce), req.timestamp, now)
+        not_after = min(now + self.policy.tgt_lifetime, drt.not_after)
+        tgt, device_part = self._issue_tgt(drt.device_id, drt.generation, now, not_after, drt.not_after,
+                                           Sealer(kdf.derive(drt.llk, kdf.TGT_DEVICE_PART)), req.nonce)
+        reply = m.TicketReply(self.realm, req.device_id, req.nonce, tgt, device_part)
+        return Outcome("authenticate", req.device_id, reply.encode(), f"TGT until {not_after}")
+
+    def _renew(self, req: m.RenewRequest, now: int) -> Outcome:
+        old = open_ticket(self.keyring, req.tgt, GrantingTicket, now)
+        if old.device_id != req.device_id:
+            raise InvalidTicket("TGT belongs to another device")
+        if not kdf.mac_ok(kdf.derive(old.stk, kdf.RENEW_PROOF), req.body(), req.mac):
+            raise BadProofError("proof of the STK does not verify")
+        check_validity(old.not_before, old.not_after, now, self.policy.clock_skew, "TGT")
+        self._check_current(old.device_id, old.generation)
+        self.replay.add(b"N" + _key(req.device_id, req.nonce), req.timestamp, now)
+        not_after = min(now + self.policy.tgt_lifetime, old.registration_not_after)
+        tgt, device_part = self._issue_tgt(old.device_id, old.generation, now, not_after, old.registration_not_after,
+                                           Sealer(kdf.derive(old.stk, kdf.RENEW_DEVICE_PART)), req.nonce)
+        reply = m.TicketReply(self.realm, req.device_id, req.nonce, tgt, device_part)
+        return Outcome("renew", req.device_id, reply.encode(), f"TGT until {not_after}")
+
+    def _issue_tgt(self, device_id, generation, now, not_after, reg_not_after, sealer, nonce):
+        stk = self.random(32)
+        tgt = seal_ticket(self.keyring, GrantingTicket(device_id, generation, now, not_after, reg_not_after, stk),
+                          now, self.random(12))
+        body = Writer().push_bytes(stk).push_u64(now).push_u64(not_after).getvalue()
+        part = sealer.seal(self.random(12), body, tgt_device_aad(self.realm, device_id, nonce, tgt))
+        return tgt, part
+
+    # -- peer session key (claims 1, 3, 17, 27, 28) -----------------------------------------
+    def _session(self, req: m.SessionRequest, now: int) -> Outcome:
+        tgt_b = self._open_tgt(req.tgt, req.device_id, now)
+        if not kdf.mac_ok(kdf.derive(tgt_b.stk, kdf.SESSION_REQUEST), req.body(), req.mac):
+            raise BadProofError("responder's proof of its STK does not verify")
+        hello = m.decode(req.hello, (m.PeerHello,))
+        if hello.realm != self.realm:
+            raise WrongRealmError(f"initiator's realm {hello.realm!r}")
+        if hello.responder != req.device_id:
+            raise WrongPeerError(f"initiator's authenticator names {hello.responder!r}, not {req.device_id!r}")
+        if hello.initiator == req.device_id:
+            raise WrongPeerError("a device cannot open a session with itself")
+        tgt_a = self._open_tgt(hello.tgt, hello.initiator, now)
+        if not kdf.mac_ok(kdf.derive(tgt_a.stk, kdf.PEER_AUTHENTICATOR), hello.body(), hello.mac):
+            raise BadProofError("initiator's authenticator does not verify")
+        check_skew(hello.timestamp, now, self.policy.clock_skew)
+        self._check_current(tgt_b.device_id, tgt_b.generation)
+        self._check_current(tgt_a.device_id, tgt_a.generation)
+        self.replay.add(b"S" + _key(req.device_id, req.nonce), req.timestamp, now)
+        self.replay.add(b"H" + _key(hello.initiator, hello.nonce), hello.timestamp, now)
+        not_after = min(tgt_a.not_after, tgt_b.not_after, now + self.policy.session_lifetime)
+        key = self.random(32)
+        body = session_part_body(key, not_after, hello.initiator, req.device_id, hello.nonce, req.nonce)
+        part_r = Sealer(kdf.derive(tgt_b.stk, kdf.SESSION_PART)).seal(
+            self.random(12), body, session_part_aad(self.realm, hello.initiator, req.device_id, hello.nonce, b"R"))
+        part_i = Sealer(kdf.derive(tgt_a.stk, kdf.SESSION_PART)).seal(
+            self.random(12), body, session_part_aad(self.realm, hello.initiator, req.device_id, hello.nonce, b"I"))
+        reply = m.SessionReply(self.realm, hello.initiator, req.device_id, hello.nonce, req.nonce, not_after,
+                               part_r, part_i)
+        return Outcome("session", req.device_id, reply.encode(), f"with {hello.initiator} until {not_after}")
+
+    def _open_tgt(self, blob: bytes, device_id: str, now: int) -> GrantingTicket:
+        tgt = open_ticket(self.keyring, blob, GrantingTicket, now)
+        if tgt.device_id != device_id:
+            raise InvalidTicket("TGT belongs to another device")
+        check_validity(tgt.not_before, tgt.not_after, now, self.policy.clock_skew, f"TGT of {device_id}")
+        return tgt
+
+    # -- registry checks -------------------------------------------------------------------
+    def _device(self, device_id: str, allow_unregistered: bool = False) -> DeviceRecord:
+        rec = self.registry.get_device(device_id)
+        if rec is None:
+            raise UnknownDeviceError(f"device {device_id} is not enrolled in {self.realm}")
+        if rec.state is DeviceState.REVOKED:
+            raise RevokedError(f"device {device_id} is revoked")
+        if not allow_unregistered and rec.state is not DeviceState.REGISTERED:
+            raise NotRegisteredError(f"device {device_id} is not registered")
+        return rec
+
+    def _check_current(self, device_id: str, generation: int) -> DeviceRecord:
+        """Revocation and re-registration take effect at once: the ticket's generation must be current."""
+        rec = self._device(device_id)
+        if rec.generation != generation:
+            raise SupersededError(f"{device_id}: registration {generation} was replaced by {rec.generation}")
+        return rec
+
+    # -- 802.1X admission hooks --------------------------------------------------------------
+    def admit_certificate(self, serial_hex: str, issuer: str, common_name: str, now: float) -> str:
+        """EAP-TLS: the device certificate (already chain-checked by the EAP module) must be the
+        one enrolled for that device, and the device not revoked. Returns the device id."""
+        rec = self.registry.find_by_certificate(issuer, serial_hex.lower().removeprefix("0x"))
+        if rec is None:
+            known = self.registry.get_device(common_name) if _valid_id(common_name) else None
+            if known is None:
+                raise UnknownDeviceError(f"no device enrolled with certificate {serial_hex} ({common_name})")
+            raise CertificateError(f"certificate {serial_hex} is not the one enrolled for {common_name}")
+        if rec.device_id != common_name:
+            raise CertificateError(f"certificate names {common_name!r}, enrolled for {rec.device_id!r}")
+        if rec.state is DeviceState.REVOKED:
+            raise RevokedError(f"device {rec.device_id} is revoked")
+        return rec.device_id
+
+    def eap_pwd_password(self, device_id: str, now: float) -> str:
+        """EAP-PWD password for a registered device, derived from its LLK (which the registry
+        holds only inside the sealed DRT). The device derives the same from its own LLK."""
+        rec = self._device(check_device_id(device_id))
+        if rec.sealed_drt is None:
+            raise NotRegisteredError(f"device {device_id} holds no registration")
+        drt = open_ticket(self.keyring, rec.sealed_drt, RegistrationTicket, int(now))
+        check_validity(drt.not_before, drt.not_after, int(now), self.policy.clock_skew, "registration")
+        return eap_pwd_password(drt.llk, device_id)
+
+
+def eap_pwd_password(llk: bytes, device_id: str) -> str:
+    """The EAP-PWD password both sides derive from the LLK (hex, 64 characters)."""
+    return kdf.derive(llk, kdf.EAP_PWD, device_id.encode()).hex()
+
+
+def _key(device_id: str, nonce: bytes) -> bytes:
+    return device_id.encode() + b"\x00" + nonce
+
+
+def _valid_id(device_id: str) -> bool:
+    try:
+        check_device_id(device_id)
+        return True
+    except MalformedError:
+        return False
+
+
+def _verify_device(rec: DeviceRecord, data: bytes, signature: bytes) -> bool:
+    return verify(point_from_bytes(rec.public_key), signature, data)

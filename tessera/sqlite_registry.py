@@ -1,0 +1,166 @@
+"""The registry on SQLite: the embedded default for one RADIUS server.
+
+WAL mode with synchronous=NORMAL: readers (the plugin's request path) never wait for a writer
+(the CLI), and a commit costs no fsync until checkpoint. Every write is one transaction that
+also appends its audit event, so a device is never enrolled, registered or revoked without its
+audit line, and never half-written. The file is created 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from .registry import AuditEvent, DeviceRecord, DeviceState, RegistryError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS device (
+    device_id TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('enrolled', 'registered', 'revoked')),
+    enrolled_by TEXT NOT NULL,
+    cert_issuer TEXT,
+    cert_serial TEXT,
+    generation INTEGER NOT NULL DEFAULT 0,
+    registered_at INTEGER,
+    registration_not_after INTEGER,
+    sealed_drt BLOB,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS device_cert ON device (cert_issuer, cert_serial)
+    WHERE cert_serial IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    device_id TEXT,
+    detail TEXT NOT NULL DEFAULT '',
+    server_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_device ON audit (device_id, id);
+CREATE TABLE IF NOT EXISTS service_key (
+    kvno INTEGER PRIMARY KEY,
+    sealed BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    retire_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+_COLUMNS = ("device_id, public_key, state, enrolled_by, created, updated, cert_issuer, cert_serial, "
+            "generation, registered_at, registration_not_after, sealed_drt")
+
+
+def _record(row) -> DeviceRecord:
+    return DeviceRecord(row[0], bytes(row[1]), DeviceState(row[2]), row[3], row[4], row[5], row[6], row[7],
+                        row[8], row[9], row[10], bytes(row[11]) if row[11] is not None else None)
+
+
+class SQLiteRegistry:
+    """`Registry` on one SQLite file (or ':memory:' for tests)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        if path != ":memory:" and not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (for caches in front of the registry)."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- reads ---------------------------------------------------------------------------
+    def get_device(self, device_id: str) -> DeviceRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM device WHERE device_id = ?", (device_id,)).fetchone()
+        return _record(row) if row else None
+
+    def find_by_certificate(self, issuer: str, serial_hex: str) -> DeviceRecord | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM device WHERE cert_issuer = ? AND cert_serial = ?",
+                               (issuer, serial_hex.lower())).fetchone()
+        return _record(row) if row else None
+
+    def list_devices(self) -> list[DeviceRecord]:
+        return [_record(r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM device ORDER BY device_id")]
+
+    def audit(self, device_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
+        q = "SELECT time, event, device_id, detail, server_id FROM audit"
+        args: tuple = ()
+        if device_id is not None:
+            q += " WHERE device_id = ?"
+            args = (device_id,)
+        rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", args + (limit,)).fetchall()
+        return [AuditEvent(*r) for r in reversed(rows)]
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def load_service_keys(self) -> list[tuple[int, bytes, int, int | None]]:
+        return [(r[0], bytes(r[1]), r[2], r[3]) for r in
+                self._db.execute("SELECT kvno, sealed, created, retire_at FROM service_key ORDER BY kvno")]
+
+    # -- writes: one transaction each, with the audit line ---------------------------------
+    def _tx(self, statements, event: AuditEvent | None, require_one: bool = False):
+        """Run statements and the audit insert atomically; with `require_one`, roll back unless
+        the first statement changed exactly one row (returns its count either way)."""
+        cur = self._db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            counts = [cur.execute(sql, args).rowcount for sql, args in statements]
+            if require_one and counts[0] != 1:
+                cur.execute("ROLLBACK")
+                return counts
+            if event is not None:
+                cur.execute("INSERT INTO audit (time, event, device_id, detail, server_id) VALUES (?,?,?,?,?)",
+                            (event.time, event.event, event.device_id, event.detail, event.server_id))
+            cur.execute("COMMIT")
+            return counts
+        except BaseException:
+            if self._db.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
+
+    def add_device(self, record: DeviceRecord, event: AuditEvent) -> None:
+        r = record
+        try:
+            self._tx([(f"INSERT INTO device ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (r.device_id, r.public_key, r.state.value, r.enrolled_by, r.created, r.updated,
+                        r.cert_issuer, r.cert_serial.lower() if r.cert_serial else None, r.generation,
+                        r.registered_at, r.registration_not_after, r.sealed_drt))], event)
+        except sqlite3.IntegrityError as exc:
+            raise RegistryError(f"device {r.device_id} (or its certificate) is already enrolled") from exc
+
+    def record_registration(self, device_id, expect_generation, generation, not_after, sealed_drt, now, event) -> bool:
+        (n,) = self._tx([("UPDATE device SET state = 'registered', generation = ?, registered_at = ?, "
+                          "registration_not_after = ?, sealed_drt = ?, updated = ? "
+                          "WHERE device_id = ? AND generation = ? AND state != 'revoked'",
+                          (generation, now, not_after, sealed_drt, now, device_id, expect_generation))],
+                        event, require_one=True)
+        return n == 1
+
+    def set_state(self, device_id: str, state: DeviceState, now: int, event: AuditEvent) -> None:
+        extra = ", sealed_drt = NULL" if state is DeviceState.REVOKED else ""
+        (n,) = self._tx([(f"UPDATE device SET state = ?, updated = ?{extra} WHERE device_id = ?",
+                          (state.value, now, device_id))], event, require_one=True)
+        if n != 1:
+            raise RegistryError(f"device {device_id} is not enrolled")
+
+    def add_audit(self, event: AuditEvent) -> None:
+        self._tx([], event)
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._tx([("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                   (key, value))], None)
+
+    def store_service_keys(self, rows, event: AuditEvent) -> None:
+        self._tx([("DELETE FROM service_key", ())] +
+                 [("INSERT INTO service_key (kvno, sealed, created, retire_at) VALUES (?,?,?,?)", row) for row in rows],
+                 event)
