@@ -1,0 +1,234 @@
+"""tessera-admin: the operator's tool for a realm (enrol, list, show, revoke, rotate, audit).
+
+Works on the realm's registry and KEK directly (as kadmin.local does), so it runs on a RADIUS
+server or wherever the registry is reachable. Output is for people by default and JSON with
+--json. Exit codes: 0 done, 1 refused (unknown device, duplicate, bad certificate...), 2 usage.
+Nothing it prints or logs contains key material; files it writes with keys are 0600.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+
+from .errors import TesseraError
+from .identity import ServerEntry, load_certificate, pem_certificate
+from .realm import Realm, create_kek, open_realm, read_kek
+from .registry import RegistryError
+from .seal import point_bytes
+from .service import Policy
+from .sqlite_registry import SQLiteRegistry
+
+DEFAULT_DB = os.environ.get("TESSERA_DB", "/var/lib/tessera/registry.db")
+DEFAULT_KEK = os.environ.get("TESSERA_KEK", "/var/lib/tessera/kek")
+
+
+def _when(t: int | None) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
+
+
+def _server(spec: str) -> ServerEntry:
+    """id=host[:port]"""
+    try:
+        sid, addr = spec.split("=", 1)
+        host, _, port = addr.rpartition(":") if addr.count(":") == 1 or addr.startswith("[") else (addr, "", "")
+        return ServerEntry(sid, (host or addr).strip("[]"), int(port) if port else 1812)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"server must be id=host[:port], not {spec!r}") from None
+
+
+def _write_private(path: str, data: str | bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def _public_key(arg: str) -> bytes:
+    """A public key given as a PEM file, a certificate file, or hex of the point."""
+    if os.path.exists(arg):
+        data = open(arg, "rb").read()
+        if b"CERTIFICATE" in data:
+            return point_bytes(load_certificate(data).public_key())
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        return point_bytes(load_pem_public_key(data))
+    return bytes.fromhex(arg)
+
+
+def _device_row(r) -> dict:
+    return {"device_id": r.device_id, "state": r.state.value, "enrolled_by": r.enrolled_by,
+            "generation": r.generation, "registered_at": r.registered_at,
+            "registration_not_after": r.registration_not_after, "certificate_serial": r.cert_serial,
+            "certificate_issuer": r.cert_issuer, "public_key": r.public_key.hex(),
+            "created": r.created, "updated": r.updated}
+
+
+def cmd_init(a, now):
+    reg = SQLiteRegistry(a.db)
+    kek = read_kek(a.kek) if os.path.exists(a.kek) else create_kek(a.kek)
+    policy = Policy(a.registration_lifetime, a.tgt_lifetime, a.session_lifetime, a.clock_skew)
+    realm = Realm.init(reg, kek, a.realm, now, policy)
+    print(f"realm {realm.name} created in {a.db}; KEK {a.kek}; service key version 1")
+    print(f"service public key: {realm.service_public_key.hex()}")
+
+
+def cmd_enrol(a, now, realm: Realm):
+    if a.how == "key":
+        cert = None
+        public_key = _public_key(a.public_key)
+        if a.certificate_out:
+            cert = realm.issue_certificate(a.device_id, public_key, now)
+        rec = realm.enrol_key(a.device_id, public_key, now, cert)
+        if cert is not None:
+            with open(a.certificate_out, "wb") as f:
+                f.write(pem_certificate(cert))
+        print(f"enrolled {rec.device_id} by public key" + (f"; certificate in {a.certificate_out}" if cert else ""))
+    elif a.how == "certificate":
+        rec = realm.enrol_certificate(open(a.certificate, "rb").read(), now)
+        print(f"enrolled {rec.device_id} by certificate serial {rec.cert_serial}")
+    else:
+        bundle = realm.enrol_generated(a.device_id, a.server, a.secret, now)
+        _write_private(a.out, bundle.to_json())
+        print(f"enrolled {a.device_id} with a generated key; bootstrap bundle (0600) in {a.out}")
+
+
+def cmd_bundle(a, now, realm: Realm):
+    if realm.registry.get_device(a.device_id) is None:
+        raise RegistryError(f"device {a.device_id} is not enrolled")
+    _write_private(a.out, realm.bundle(a.device_id, a.server, a.secret).to_json())
+    print(f"bootstrap bundle for {a.device_id} in {a.out}")
+
+
+def cmd_list(a, now, realm: Realm):
+    rows = realm.registry.list_devices()
+    if a.json:
+        print(json.dumps([_device_row(r) for r in rows], indent=2))
+        return
+    print(f"{'DEVICE':<24} {'STATE':<11} {'BY':<12} {'GEN':>3}  {'REGISTERED UNTIL':<21}")
+    for r in rows:
+        print(f"{r.device_id:<24} {r.state.value:<11} {r.enrolled_by:<12} {r.generation:>3}  {_when(r.registration_not_after):<21}")
+    print(f"{len(rows)} device(s) in realm {realm.name}")
+
+
+def cmd_show(a, now, realm: Realm):
+    r = realm.registry.get_device(a.device_id)
+    if r is None:
+        raise RegistryError(f"device {a.device_id} is not enrolled")
+    row = _device_row(r)
+    if a.json:
+        print(json.dumps(row, indent=2))
+    else:
+        for k, v in row.items():
+            print(f"{k:<24} {_when(v) if k in ('registered_at', 'registration_not_after', 'created', 'updated') else v}")
+        for e in realm.registry.audit(a.device_id, 10):
+            print(f"  {_when(e.time)}  {e.event:<18} {e.detail}")
+
+
+def cmd_revoke(a, now, realm: Realm):
+    realm.revoke(a.device_id, now, a.reason)
+    print(f"revoked {a.device_id}: no new tickets from now on")
+
+
+def cmd_rotate(a, now, realm: Realm):
+    new = realm.rotate(now)
+    print(f"service key version {new.kvno} is current; older versions open their tickets until they expire")
+    cmd_keys(a, now, realm)
+
+
+def cmd_keys(a, now, realm: Realm):
+    for k in realm.keyring.versions():
+        state = "current" if k.kvno == realm.keyring.current.kvno else f"retires {_when(k.retire_at)}"
+        print(f"  kvno {k.kvno:<4} created {_when(k.created)}  {state}")
+
+
+def cmd_audit(a, now, realm: Realm):
+    events = realm.registry.audit(a.device_id, a.limit)
+    if a.json:
+        print(json.dumps([e.__dict__ for e in events], indent=2))
+        return
+    for e in events:
+        print(f"{_when(e.time)}  {e.event:<18} {e.device_id or '-':<20} {e.detail}")
+
+
+def cmd_trust_ca(a, now, realm: Realm):
+    cert = realm.trust_ca(open(a.certificate, "rb").read(), now)
+    print(f"trusting device CA {cert.subject.rfc4514_string()}")
+
+
+def cmd_export_ca(a, now, realm: Realm):
+    with open(a.out, "wb") as f:
+        f.write(b"".join(pem_certificate(c) for c in realm.trusted_cas()))
+    print(f"device CA bundle (for the EAP module's ca_file) in {a.out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tessera-admin", description=__doc__.split("\n")[0])
+    p.add_argument("--db", default=DEFAULT_DB, help=f"registry (SQLite file), default {DEFAULT_DB}")
+    p.add_argument("--kek", default=DEFAULT_KEK, help=f"key-encryption key file (0600), default {DEFAULT_KEK}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("init", help="create the realm: KEK, service keys, signing key, device CA")
+    s.add_argument("--realm", required=True)
+    d = Policy()
+    for name in ("registration_lifetime", "tgt_lifetime", "session_lifetime", "clock_skew"):
+        s.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), metavar="SECONDS")
+    e = sub.add_parser("enrol", help="enrol a device").add_subparsers(dest="how", required=True)
+    k = e.add_parser("key", help="by device id and public key")
+    k.add_argument("device_id")
+    k.add_argument("public_key", help="PEM public key file, certificate file, or hex point")
+    k.add_argument("--certificate-out", help="also issue a realm device certificate (for EAP-TLS) to this file")
+    c = e.add_parser("certificate", help="by a device certificate from a trusted device CA")
+    c.add_argument("certificate")
+    g = e.add_parser("generate", help="generate the key pair and export a bootstrap bundle")
+    g.add_argument("device_id")
+    for sp in (g, b := sub.add_parser("bundle", help="export the bootstrap bundle of an enrolled device")):
+        if sp is b:
+            sp.add_argument("device_id")
+        sp.add_argument("--server", type=_server, action="append", required=True, help="id=host[:port], repeatable")
+        sp.add_argument("--secret", required=True, help="RADIUS shared secret for the device")
+        sp.add_argument("--out", required=True)
+    ls = sub.add_parser("list", help="list devices")
+    ls.add_argument("--json", action="store_true")
+    sh = sub.add_parser("show", help="show one device and its recent events")
+    sh.add_argument("device_id")
+    sh.add_argument("--json", action="store_true")
+    r = sub.add_parser("revoke", help="revoke a device: no new tickets at once")
+    r.add_argument("device_id")
+    r.add_argument("--reason", default="")
+    sub.add_parser("rotate", help="new service key version")
+    sub.add_parser("keys", help="list service key versions (never the keys)")
+    au = sub.add_parser("audit", help="show audit events")
+    au.add_argument("device_id", nargs="?")
+    au.add_argument("--limit", type=int, default=50)
+    au.add_argument("--json", action="store_true")
+    t = sub.add_parser("trust-ca", help="trust a manufacturer device CA for enrolment by certificate")
+    t.add_argument("certificate")
+    x = sub.add_parser("export-ca", help="write the trusted device CA bundle")
+    x.add_argument("out")
+    return p
+
+
+COMMANDS = {"enrol": cmd_enrol, "bundle": cmd_bundle, "list": cmd_list, "show": cmd_show, "revoke": cmd_revoke,
+            "rotate": cmd_rotate, "keys": cmd_keys, "audit": cmd_audit, "trust-ca": cmd_trust_ca,
+            "export-ca": cmd_export_ca}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    now = time.time()
+    try:
+        if a.cmd == "init":
+            cmd_init(a, now)
+        else:
+            COMMANDS[a.cmd](a, now, open_realm(a.db, a.kek))
+    except (TesseraError, RegistryError, PermissionError, FileNotFoundError, ValueError) as exc:
+        print(f"tessera-admin: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
