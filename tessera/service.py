@@ -112,7 +112,7 @@ class Service:
 
     def error_reply(self, exc: TesseraError, now: float) -> bytes:
         """The ErrorMessage for a rejection (carried in Tessera-Reply beside Reply-Message)."""
-        return m.ErrorMessage(exc.code, getattr(exc, "server_time", None) or 0, exc.reason[:255]).encode()
+        return m.ErrorMessage(exc.code, getattr(exc, "server_time", None) or 0, str(exc)[:255]).encode()
 
     # -- registration (claims 5-7, 11-15) --------------------------------------------------
     def _register(self, req: m.RegisterRequest, now: int) -> Outcome:
