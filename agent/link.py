@@ -103,19 +103,17 @@ def parse_links(data: bytes) -> list[tuple[str, bool, bool]]:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def open_link_socket(netns: str | None = None) -> socket.socket:
-    """rtnetlink socket subscribed to RTMGRP_LINK, in namespace ``netns`` (a name) or here."""
-    def make() -> socket.socket:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        s.bind((0, RTMGRP_LINK))
-        return s
+def call_in_netns(netns: str | None, fn):
+    """Call ``fn()`` with the calling thread inside network namespace ``netns`` (a name).
 
+    ``setns`` changes only the calling thread, so this runs ``fn`` in a short-lived thread;
+    sockets ``fn`` creates stay bound to that namespace.  ``netns=None`` calls it here.
+    """
     if netns is None:
-        return make()
+        return fn()
     box: dict = {}
 
-    def in_ns() -> None:  # setns changes only this thread's namespace
+    def in_ns() -> None:
         try:
             fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
             try:
@@ -123,7 +121,7 @@ def open_link_socket(netns: str | None = None) -> socket.socket:
                     raise OSError(ctypes.get_errno(), f"setns {netns}")
             finally:
                 os.close(fd)
-            box["s"] = make()
+            box["r"] = fn()
         except BaseException as e:  # noqa: BLE001 -- re-raised in the caller
             box["e"] = e
 
@@ -132,7 +130,17 @@ def open_link_socket(netns: str | None = None) -> socket.socket:
     t.join()
     if "e" in box:
         raise box["e"]
-    return box["s"]
+    return box["r"]
+
+
+def open_link_socket(netns: str | None = None) -> socket.socket:
+    """rtnetlink socket subscribed to RTMGRP_LINK, in namespace ``netns`` (a name) or here."""
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.bind((0, RTMGRP_LINK))
+        return s
+    return call_in_netns(netns, make)
 
 
 class CarrierWatcher:

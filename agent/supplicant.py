@@ -1,0 +1,223 @@
+"""Drive Debian's wpa_supplicant (``-D wired``) as the device's 802.1X supplicant.
+
+How this works
+--------------
+:func:`supplicant_conf` (pure) writes a config with ``ap_scan=0``, ``eapol_version=2`` and
+one network (``key_mgmt=IEEE8021X``, ``eapol_flags=0``) holding either EAP-TLS credentials
+(:class:`TlsCredentials`) or EAP-PWD ones (:class:`PwdCredentials`).  :class:`Supplicant`
+starts ``wpa_supplicant -D wired -i IFNAME -c CONF`` through a *launcher* (plain Popen for the
+agent inside its own namespace; the lab passes one that runs it in a device namespace and
+tracks the PID) and talks to it over its control socket with
+:class:`tessera.agent.ctrl.CtrlClient`: one socket for commands, one ATTACHed for events.
+
+wpa_supplicant wired ignores carrier: an EAPOL-Start sent while the link was down is lost and
+the next comes 30 s later.  :func:`on_link_action` (pure) says what to do on a carrier event —
+start over on LinkUp — and :meth:`Supplicant.on_link` does it with ``REASSOCIATE``, which
+restarts the EAPOL state machine and sends EAPOL-Start at once.
+
+Credentials switch at run time with ``SET_NETWORK`` (:meth:`Supplicant.set_credentials`),
+e.g. from the device certificate to the LLK-based method once the device has one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from tessera.agent.ctrl import CtrlClient, CtrlEvent, parse_kv
+from tessera.agent.link import LinkDown, LinkEvent, LinkUp
+
+EAP_SUCCESS = "CTRL-EVENT-EAP-SUCCESS"
+EAP_FAILURE = "CTRL-EVENT-EAP-FAILURE"
+CONNECTED = "CTRL-EVENT-CONNECTED"
+DISCONNECTED = "CTRL-EVENT-DISCONNECTED"
+OUTCOMES = frozenset({EAP_SUCCESS, EAP_FAILURE})
+
+
+@dataclass(frozen=True)
+class TlsCredentials:
+    """EAP-TLS: identity, client certificate/key files, CA file to verify the server."""
+    identity: str
+    client_cert: str
+    private_key: str
+    ca_cert: str
+    private_key_passwd: str | None = None
+
+
+@dataclass(frozen=True)
+class PwdCredentials:
+    """EAP-PWD (RFC 5931): identity and password."""
+    identity: str
+    password: str
+
+
+Credentials = TlsCredentials | PwdCredentials
+
+
+def _q(s: str) -> str:
+    """Quote a string value the way wpa_supplicant's config and SET_NETWORK expect."""
+    if '"' in s or "\n" in s:
+        raise ValueError("value may not contain quotes or newlines")
+    return f'"{s}"'
+
+
+def network_fields(creds: Credentials) -> dict[str, str]:
+    """Network block fields (already quoted) for these credentials."""
+    f = {"key_mgmt": "IEEE8021X", "eapol_flags": "0"}
+    if isinstance(creds, TlsCredentials):
+        f.update(eap="TLS", identity=_q(creds.identity), ca_cert=_q(creds.ca_cert),
+                 client_cert=_q(creds.client_cert), private_key=_q(creds.private_key))
+        if creds.private_key_passwd:
+            f["private_key_passwd"] = _q(creds.private_key_passwd)
+    elif isinstance(creds, PwdCredentials):
+        f.update(eap="PWD", identity=_q(creds.identity), password=_q(creds.password))
+    else:
+        raise TypeError(f"unsupported credentials {type(creds).__name__}")
+    return f
+
+
+def supplicant_conf(ctrl_dir: str, creds: Credentials) -> str:
+    """wpa_supplicant.conf for a wired 802.1X port (pure)."""
+    body = "\n".join(f"    {k}={v}" for k, v in network_fields(creds).items())
+    return f"""\
+# wpa_supplicant for a wired 802.1X port (written by tessera.agent.supplicant)
+ctrl_interface={ctrl_dir}
+ap_scan=0
+eapol_version=2
+network={{
+{body}
+}}
+"""
+
+
+def on_link_action(ev: LinkEvent) -> str | None:
+    """Control command to send on a carrier event: start over at once on LinkUp."""
+    if isinstance(ev, LinkUp):
+        return "REASSOCIATE"
+    if isinstance(ev, LinkDown):
+        return None  # nothing to say on a dead wire; hostapd is told by the switch side
+    raise TypeError(ev)
+
+
+Launcher = Callable[[str, list[str]], subprocess.Popen]
+
+
+def popen_launcher(log_path: str | None = None) -> Launcher:
+    """Launcher that runs wpa_supplicant here (the agent already lives in its namespace)."""
+    def launch(name: str, argv: list[str]) -> subprocess.Popen:
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        finally:
+            if log_path:
+                out.close()
+    return launch
+
+
+class Supplicant:
+    """One wpa_supplicant on one wired interface, with its control sockets."""
+
+    def __init__(self, ifname: str, creds: Credentials, workdir: str,
+                 launcher: Launcher | None = None, debug: bool = False):
+        self.ifname, self.creds, self.workdir = ifname, creds, workdir
+        self.ctrl_dir = os.path.join(workdir, "wpa")
+        self.conf_path = os.path.join(workdir, f"wpa_supplicant-{ifname}.conf")
+        os.makedirs(self.ctrl_dir, exist_ok=True)
+        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(supplicant_conf(self.ctrl_dir, creds))
+        sock = os.path.join(self.ctrl_dir, ifname)
+        if os.path.exists(sock):
+            os.unlink(sock)
+        argv = ["wpa_supplicant", "-D", "wired", "-i", ifname, "-c", self.conf_path]
+        if debug:
+            argv.append("-d")
+        launch = launcher or popen_launcher(os.path.join(workdir, f"wpa-{ifname}.log"))
+        self.proc = launch(f"wpa_supplicant-{ifname}", argv)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wpa_supplicant on {ifname} did not start "
+                                   f"(exit {self.proc.poll()})")
+            time.sleep(0.01)
+        self.cmd = CtrlClient(sock)
+        self.mon = CtrlClient(sock)
+        self.mon.attach()
+        self.history: list[CtrlEvent] = []
+
+    # -- commands
+    def status(self) -> dict[str, str]:
+        """STATUS as a dict (``Supplicant PAE state``, ``suppPortStatus``, ``EAP state``...)."""
+        return parse_kv(self.cmd.request("STATUS"))
+
+    def authorized(self) -> bool:
+        return self.status().get("suppPortStatus") == "Authorized"
+
+    def restart(self) -> None:
+        """Start authentication over now (EAPOL-Start without waiting for startPeriod)."""
+        self.cmd.ok("REASSOCIATE")
+
+    def logoff(self) -> None:
+        self.cmd.ok("LOGOFF")
+
+    def logon(self) -> None:
+        self.cmd.ok("LOGON")
+
+    def set_credentials(self, creds: Credentials, restart: bool = True) -> None:
+        """Switch the network's credentials with SET_NETWORK (and start over)."""
+        for k, v in network_fields(creds).items():
+            self.cmd.ok(f"SET_NETWORK 0 {k} {v}")
+        self.creds = creds
+        if restart:
+            self.restart()
+
+    def on_link(self, ev: LinkEvent) -> str | None:
+        """React to a carrier event; returns the command sent, if any."""
+        cmd = on_link_action(ev)
+        if cmd is not None and ev.ifname == self.ifname:
+            self.cmd.ok(cmd)
+            return cmd
+        return None
+
+    # -- events
+    def events(self, timeout: float = 0.0) -> list[CtrlEvent]:
+        """Events received so far (waiting up to ``timeout`` for the first)."""
+        evs = self.mon.pump(timeout)
+        self.history += evs
+        return evs
+
+    def wait_event(self, names=OUTCOMES, timeout: float = 10.0) -> CtrlEvent | None:
+        """First event named in ``names`` within ``timeout`` (others go to ``history``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev in self.events(0):
+                if ev.name in names:
+                    return ev
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for ev in self.events(min(left, 0.2)):
+                if ev.name in names:
+                    return ev
+
+    def fileno(self) -> int:
+        return self.mon.fileno()
+
+    def close(self) -> None:
+        """Close the control sockets and end wpa_supplicant (by its PID)."""
+        for c in (self.cmd, self.mon):
+            try:
+                c.close()
+            except OSError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(3)
