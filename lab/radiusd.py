@@ -57,6 +57,7 @@ class RadiusConfig:
     venv: Path = REPO / ".venv"
     realm_opener: str = "tessera.realm:open_realm"
     python_path: tuple[Path, ...] = ()  # extra entries after the plugin directory
+    reject_delay: int = 0  # seconds; Debian's default is 1
     keep_user: bool = False  # keep radiusd.conf's user/group = freerad (files must be readable)
     extra_clients: tuple[tuple[str, str, str], ...] = field(default=())  # (name, address, secret)
 
@@ -155,6 +156,9 @@ def build_config(directory: Path, cfg: RadiusConfig) -> Path:
     text = set_option(text, "logdir", str(raddb / "log"))
     text = set_option(text, "run_dir", str(raddb / "run"))
     text = set_option(text, "proxy_requests", "no")  # no proxy listener on a random port
+    # Debian delays every Access-Reject by 1 s (against password guessing, which Tessera's
+    # signed/MACed proofs do not allow); tests and benchmarks want the answer at once.
+    text = set_option(text, "reject_delay", str(cfg.reject_delay))
     conf.write_text(text)
     for sub in ("log", "log/radacct", "run"):
         (raddb / sub).mkdir(exist_ok=True)

@@ -9,7 +9,9 @@ server-internal attribute ``Tessera-Step`` that the virtual servers set:
 * (none) -- a Tessera operation: join the ``Tessera-Message`` instances (``'0x…'`` hex), call
   ``service.handle(message, now)``, answer ``ok`` with the reply split over ``Tessera-Reply``
   instances (``+=``, so every instance is kept), or ``reject`` with ``Reply-Message`` =
-  "<name>: <reason>" and ``Tessera-Error`` = the code;
+  "<name>: <reason>", ``Tessera-Error`` = the code and, in ``Tessera-Reply``, the core's
+  ``error_reply`` (an ErrorMessage the device core reads); a service-key rotation made by
+  ``tessera-admin`` is picked up here, checked at most once a second;
 * ``admit-certificate`` -- EAP-TLS: ``service.admit_certificate(serial, issuer, cn, now)``;
 * ``eap-pwd-password`` -- EAP-PWD: ``control:Cleartext-Password`` from
   ``service.eap_pwd_password(device_id, now)``.
@@ -39,6 +41,7 @@ MESSAGE = "Tessera-Message"
 REPLY = "Tessera-Reply"
 ERROR = "Tessera-Error"
 MAX_REPLY_MESSAGE = 240  # Reply-Message is at most 253 bytes on the wire
+RELOAD_EVERY = 1.0  # seconds between checks for a service-key rotation
 
 
 def _is_realm_error(exc: BaseException) -> bool:
@@ -111,6 +114,7 @@ class Plugin:
         self.realm = realm
         self.clock = clock
         self.internal_code = _internal_error_code()
+        self._checked = float("-inf")
         self._steps = {
             None: self._operation,
             "admit-certificate": self._admit_certificate,
@@ -156,11 +160,35 @@ class Plugin:
 
     # -- the steps ------------------------------------------------------------------------
 
-    def _reject(self, what: str, device: str, exc: BaseException):
+    def _reject(self, what: str, device: str, exc: BaseException, error_reply: bytes = b""):
         reason = _clean(f"{exc.name}: {exc}")
         self.log(self.rlm.L_INFO, f"{what} rejected for {_clean(device)!r}: {reason}")
         reply = (("Reply-Message", reason), (ERROR, str(exc.code)))
+        if error_reply:
+            reply += tuple((REPLY, "+=", h) for h in split_to_hex(error_reply))
         return (self.rlm.RLM_MODULE_REJECT, {"reply": reply})
+
+    def _error_reply(self, exc: BaseException, now: float) -> bytes:
+        """The core's ErrorMessage for a rejection (the device core reads it, e.g. the server's
+        clock on clock-skew); empty if the service has none or cannot make one."""
+        make = getattr(self.service, "error_reply", None)
+        if not callable(make):
+            return b""
+        try:
+            return make(exc, now)
+        except Exception as err:  # noqa: BLE001 -- the reject still goes out
+            self.log(self.rlm.L_ERR, f"error_reply failed: {_where(err)}")
+            return b""
+
+    def _refresh(self, now: float) -> None:
+        """Pick up a service-key rotation made by tessera-admin (a cheap SQLite
+        data_version check), at most every ``RELOAD_EVERY`` seconds."""
+        if now - self._checked < RELOAD_EVERY:
+            return
+        self._checked = now
+        reload = getattr(self.realm, "reload_if_changed", None)
+        if callable(reload) and reload():
+            self.log(self.rlm.L_INFO, "service keys reloaded")
 
     def _operation(self, pairs):
         device = next((v for k, v in pairs if k == "User-Name"), "")
@@ -169,12 +197,14 @@ class Plugin:
         except BadHexError as exc:  # FreeRADIUS always formats octets as 0x…: a bug, not input
             self.log(self.rlm.L_ERR, f"internal error: {exc}")
             return internal_error_result(self.rlm, self.internal_code)
+        now = self.clock()
+        self._refresh(now)
         try:
-            reply = self.service.handle(message, self.clock())
+            reply = self.service.handle(message, now)
         except Exception as exc:
             if not _is_realm_error(exc):
                 raise
-            return self._reject("operation", device, exc)
+            return self._reject("operation", device, exc, self._error_reply(exc, now))
         items = tuple((REPLY, "+=", h) for h in split_to_hex(reply))
         return (self.rlm.RLM_MODULE_OK, {"reply": items})
 

@@ -1,0 +1,47 @@
+"""Splitting and joining Tessera messages over ≤ 247-byte attribute instances."""
+
+import pytest
+from hypothesis import given, strategies as st
+
+from tessera.radius import attrs
+
+
+@given(st.binary(max_size=attrs.MAX_MESSAGE))
+def test_attrs_split_join_round_trip(message):
+    pieces = attrs.split_message(message)
+    assert all(len(p) <= attrs.MAX_CHUNK for p in pieces)
+    assert all(len(p) == attrs.MAX_CHUNK for p in pieces[:-1])
+    assert attrs.join_message(pieces) == message
+
+
+@given(st.binary(max_size=attrs.MAX_MESSAGE))
+def test_attrs_hex_round_trip(message):
+    assert attrs.join_from_hex(attrs.split_to_hex(message)) == message
+
+
+def test_attrs_empty_message_is_one_empty_piece():
+    assert attrs.split_message(b"") == [b""]
+
+
+def test_attrs_exact_chunk_boundaries():
+    assert [len(p) for p in attrs.split_message(b"a" * 494)] == [247, 247]
+    assert [len(p) for p in attrs.split_message(b"a" * 495)] == [247, 247, 1]
+
+
+def test_attrs_too_long_message_is_refused():
+    with pytest.raises(attrs.MessageTooLongError):
+        attrs.split_message(b"a" * (attrs.MAX_MESSAGE + 1))
+
+
+def test_attrs_to_hex_keeps_nul_bytes():
+    assert attrs.to_hex(b"\x00\x01\xff") == "0x0001ff"
+
+
+@pytest.mark.parametrize("bad", ["", "0x0", "0xzz", "abcd", None, b"0x00"])
+def test_attrs_from_hex_rejects_non_freeradius_values(bad):
+    with pytest.raises(attrs.BadHexError):
+        attrs.from_hex(bad)
+
+
+def test_attrs_from_hex_accepts_upper_case():
+    assert attrs.from_hex("0XABcd") == b"\xab\xcd"
