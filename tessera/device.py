@@ -11,8 +11,8 @@ failover the caller builds a fresh request for the next server.
     AUTHENTICATING  ticket_reply            AUTHENTICATED
     AUTHENTICATED   renew_request           RENEWING
     RENEWING        ticket_reply            AUTHENTICATED
-    (any with a DRT) auth_request / register_request start over; a failed reply returns to the
-    state before the request.
+    A new request while one is outstanding abandons the old one (its reply is then refused); a
+    failed reply or `abandon()` (a timeout) returns to the state before the request.
 
 `next_action(now)` tells the agent what is due: register when there is no DRT or it is within
 `refresh` of its end, authenticate when there is no TGT or it is close to its end.
@@ -46,14 +46,18 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (S.REGISTERING, "register_request"): S.REGISTERING,
     (S.REGISTERED, "register_request"): S.REGISTERING,
     (S.AUTHENTICATED, "register_request"): S.REGISTERING,
+    (S.AUTHENTICATING, "register_request"): S.REGISTERING,
+    (S.RENEWING, "register_request"): S.REGISTERING,
     (S.REGISTERING, "register_reply"): S.REGISTERED,
     (S.REGISTERED, "auth_request"): S.AUTHENTICATING,
+    (S.REGISTERING, "auth_request"): S.AUTHENTICATING,  # a re-registration abandoned; the old DRT still holds
     (S.AUTHENTICATING, "auth_request"): S.AUTHENTICATING,
     (S.AUTHENTICATED, "auth_request"): S.AUTHENTICATING,
     (S.RENEWING, "auth_request"): S.AUTHENTICATING,
     (S.AUTHENTICATING, "ticket_reply"): S.AUTHENTICATED,
     (S.AUTHENTICATED, "renew_request"): S.RENEWING,
     (S.RENEWING, "renew_request"): S.RENEWING,
+    (S.AUTHENTICATING, "renew_request"): S.RENEWING,
     (S.RENEWING, "ticket_reply"): S.AUTHENTICATED,
 }
 
@@ -110,6 +114,10 @@ class DeviceClient:
         fallback = self._pending[2] if self._pending is not None else self.state
         self._step(event)
         return fallback
+
+    def abandon(self) -> None:
+        """Give up the outstanding request (no server answered)."""
+        self._fail()
 
     def _expect(self, kind: str) -> m.Message:
         if self._pending is None or self._pending[0] != kind:

@@ -232,7 +232,7 @@ class PeerResponder(_Role):
         if self.state is not P.TICKET_SENT:
             raise StateError(f"peer_finished is not allowed in state {self.state.value}")
         t = self._ticket
-        if (msg.initiator, msg.responder, msg.initiator_nonce) != (t.initiator, t.responder, t.initiator_nonce):
+        if (msg.realm, msg.initiator, msg.responder, msg.initiator_nonce) != (t.realm, t.initiator, t.responder, t.initiator_nonce):
             raise WrongPeerError("finished answers another handshake")
         if not kdf.mac_ok(self._keys.finished_initiator, FINISHED_I + self._keys.transcript + t.finished, msg.finished):
             raise BadProofError("initiator's finished MAC does not verify")

@@ -1,0 +1,204 @@
+"""The whole flow in memory: a service and three devices, through every lifecycle step, with the
+rejections the design requires (each with its specific reason)."""
+
+import pytest
+
+from tessera import errors as E
+from tessera.device import State
+from tessera.peer import PeerInitiator, PeerResponder
+from tessera.ticket import ticket_kvno
+from tests.unit.conftest import T0, admit, make_device, peer
+
+H = 3600
+
+
+@pytest.fixture
+def three(realm, service, rand):
+    devs = [make_device(realm, "SN-A", "key"), make_device(realm, "SN-B", "certificate"),
+            make_device(realm, "SN-C", "bundle")]
+    for d in devs:
+        admit(service, d, rand)
+    return devs
+
+
+def test_flow_three_devices_sessions_and_traffic_both_ways(realm, service, rand, three):
+    a, b, c = three
+    assert [d.state for d in three] == [State.AUTHENTICATED] * 3
+    assert [r.state.value for r in realm.registry.list_devices()] == ["registered"] * 3
+    ab, ba = peer(service, a, b, rand)
+    bc, cb = peer(service, b, c, rand)
+    for x, y in ((ab, ba), (bc, cb)):
+        for i in range(100):
+            assert y.open(x.seal(b"to %d" % i)) == b"to %d" % i
+            assert x.open(y.seal(b"back %d" % i)) == b"back %d" % i
+    assert ab.session_id == ba.session_id != bc.session_id
+    assert ab.not_after <= min(a.credentials.not_after, b.credentials.not_after)
+    # a frame of one session does not open in the other
+    with pytest.raises(E.StateError):
+        cb.open(ab.seal(b"x"))
+
+
+def test_flow_renewal_rotation_midlife_revocation_expiry(realm, service, rand, three):
+    a, b, c = three
+    # renewal before the TGT ends, with the STK (the LLK is not needed)
+    t = T0 + 7 * H
+    old = a.credentials
+    a.ticket_reply(service.handle(a.renew_request("radius-a", t, rand(16)), t), t)
+    assert a.credentials.stk != old.stk and a.credentials.not_after == t + 8 * H
+    # rotation mid-life: tickets sealed under kvno 1 keep working everywhere
+    assert realm.rotate(t).kvno == 2
+    assert ticket_kvno(b.credentials.tgt) == 1
+    ab, ba = peer(service, a, b, rand, t)  # b's TGT is kvno 1, a's renewal was kvno 1 too
+    assert ba.open(ab.seal(b"after rotation")) == b"after rotation"
+    a.ticket_reply(service.handle(a.auth_request("radius-a", t, rand(16)), t), t)  # DRT kvno 1 → TGT kvno 2
+    assert ticket_kvno(a.registration.drt) == 1 and ticket_kvno(a.credentials.tgt) == 2
+    peer(service, a, b, rand, t)
+    # a second server of the realm (a fresh process) opens both versions
+    other = realm.service("radius-b")
+    b.ticket_reply(other.handle(b.auth_request("radius-b", t, rand(16)), t), t)
+    # revocation: no new tickets at once, no new sessions with the revoked device
+    realm.revoke("SN-C", t)
+    with pytest.raises(E.RevokedError):
+        service.handle(c.auth_request("radius-a", t, rand(16)), t)
+    with pytest.raises(E.RevokedError):
+        peer(service, b, c, rand, t)
+    with pytest.raises(E.RevokedError):
+        service.handle(c.register_request("radius-a", t, rand(16)), t)
+    # expiry: B's TGT from T0 is long gone 9 h later; the service refuses it too
+    t2 = T0 + 17 * H
+    with pytest.raises(E.ExpiredError):
+        PeerInitiator(b, "SN-A").hello(t2, rand(16))
+    with pytest.raises(E.ExpiredError):
+        service.handle(b.renew_request("radius-a", t2, rand(16)), t2)
+
+
+def test_registration_expiry_and_reregistration_supersedes(realm, service, rand, three):
+    a = three[0]
+    t = T0 + 31 * 86400
+    with pytest.raises(E.ExpiredError):
+        service.handle(a.auth_request("radius-a", t, rand(16)), t)
+    a.register_reply(service.handle(a.register_request("radius-a", t, rand(16)), t), t)
+    assert a.registration.generation == 2
+    old_drt_req = a.auth_request("radius-a", t, rand(16))
+    a.ticket_reply(service.handle(old_drt_req, t), t)
+    # the generation-1 TGT of SN-B still works; a generation-1 ticket of SN-A does not
+    stale = make_device(realm, "SN-D")
+    admit(service, stale, rand, t)
+    first = stale.registration
+    stale.register_reply(service.handle(stale.register_request("radius-a", t, rand(16)), t), t)
+    stale.registration = first
+    with pytest.raises(E.SupersededError):
+        service.handle(stale.auth_request("radius-a", t, rand(16)), t)
+
+
+def test_replays_are_rejected_also_at_another_server(realm, service, rand, three):
+    a, b, _ = three
+    req = a.auth_request("radius-a", T0, rand(16))
+    service.handle(req, T0)
+    with pytest.raises(E.ReplayError):
+        service.handle(req, T0 + 1)
+    with pytest.raises(E.WrongServerError):
+        realm.service("radius-b").handle(req, T0 + 1)
+    # a replayed session request and a replayed hello
+    ia, rb = PeerInitiator(a, "SN-B"), PeerResponder(b)
+    hello = ia.hello(T0, rand(16))
+    rb.receive_hello(hello, T0)
+    sreq = rb.session_request("radius-a", T0, rand(16))
+    service.handle(sreq, T0)
+    with pytest.raises(E.ReplayError):
+        service.handle(sreq, T0)
+    with pytest.raises(E.ReplayError):  # same hello, fresh request from B
+        service.handle(rb.session_request("radius-a", T0, rand(16)), T0)
+
+
+def test_authenticator_names_the_peer(realm, service, rand, three):
+    """B cannot take A's hello (which names B) to get a key for A with C, nor can C use it."""
+    a, b, c = three
+    hello = PeerInitiator(a, "SN-B").hello(T0, rand(16))
+    rc = PeerResponder(c)
+    with pytest.raises(E.WrongPeerError):
+        rc.receive_hello(hello, T0)
+    rc._hello_bytes, rc.state = hello, rc.state.AWAITING_SERVICE  # a malicious C skips its own checks
+    with pytest.raises(E.WrongPeerError):
+        service.handle(rc.session_request("radius-a", T0, rand(16)), T0)
+
+
+def test_clock_skew_reports_server_time(realm, service, rand, three):
+    a = three[0]
+    with pytest.raises(E.ClockSkewError) as exc:
+        service.handle(a.auth_request("radius-a", T0 + 3600, rand(16)), T0)
+    assert exc.value.server_time == T0
+    reply = service.error_reply(exc.value, T0)
+    a.state = State.AUTHENTICATING
+    with pytest.raises(E.ClockSkewError) as got:
+        a.ticket_reply(reply, T0)
+    assert got.value.server_time == T0 and a.state is State.AUTHENTICATED
+
+
+def test_unknown_device_wrong_realm_and_bad_signature(realm, service, rand):
+    from tessera.device import DeviceClient
+    from tessera.identity import BootstrapBundle, DeviceKey
+
+    ghost = DeviceClient(BootstrapBundle("example.net", "SN-GHOST", realm.service_public_key, []), DeviceKey.generate())
+    with pytest.raises(E.UnknownDeviceError):
+        service.handle(ghost.register_request("radius-a", T0, rand(16)), T0)
+    other = DeviceClient(BootstrapBundle("other.example", "SN-GHOST", realm.service_public_key, []), DeviceKey.generate())
+    with pytest.raises(E.WrongRealmError):
+        service.handle(other.register_request("radius-a", T0, rand(16)), T0)
+    make_device(realm, "SN-REAL")
+    impostor = DeviceClient(BootstrapBundle("example.net", "SN-REAL", realm.service_public_key, []), DeviceKey.generate())
+    with pytest.raises(E.BadProofError):
+        service.handle(impostor.register_request("radius-a", T0, rand(16)), T0)
+    assert realm.registry.audit("SN-REAL")[-1].event == "register-rejected"
+
+
+def test_device_rejects_reply_not_signed_by_its_service(realm, service, rand):
+    from tessera.identity import DeviceKey
+
+    dev = make_device(realm, "SN-E")
+    dev.service_key = DeviceKey.generate().public_key  # the device trusts another service key
+    reply = service.handle(dev.register_request("radius-a", T0, rand(16)), T0)
+    with pytest.raises(E.BadProofError):
+        dev.register_reply(reply, T0)
+    assert dev.registration is None and dev.state is State.ENROLLED
+
+
+def test_unknown_key_version_after_prune(realm, service, rand, three):
+    a = three[0]
+    realm.rotate(T0)
+    t = T0 + realm.policy.longest_lifetime + 1
+    realm.rotate(t)  # prunes kvno 1
+    with pytest.raises(E.UnknownKeyVersionError):
+        service.handle(a.auth_request("radius-a", t, rand(16)), t)
+
+
+def test_device_state_survives_export_and_import(realm, service, rand, three):
+    from tessera.device import DeviceClient
+
+    a = three[0]
+    blob = a.export_state(rand(12))
+    assert a.registration.llk not in blob and a.credentials.stk not in blob
+    again = DeviceClient(realm.bundle("SN-A", [], ""), a.key)
+    again.import_state(blob)
+    assert again.state is State.AUTHENTICATED and again.credentials.stk == a.credentials.stk
+    tampered = bytearray(blob)
+    tampered[20] ^= 1
+    with pytest.raises(E.InvalidTicket):
+        again.import_state(bytes(tampered))
+
+
+def test_eap_hooks(realm, service, rand, three):
+    a, b, c = three
+    assert service.eap_pwd_password("SN-A", T0) == a.eap_pwd_password()
+    rec = realm.registry.get_device("SN-B")
+    assert service.admit_certificate(rec.cert_serial, rec.cert_issuer, "SN-B", T0) == "SN-B"
+    with pytest.raises(E.CertificateError):
+        service.admit_certificate(rec.cert_serial, rec.cert_issuer, "SN-C", T0)
+    with pytest.raises(E.UnknownDeviceError):
+        service.admit_certificate("abcd", rec.cert_issuer, "SN-NOBODY", T0)
+    realm.revoke("SN-B", T0)
+    with pytest.raises(E.RevokedError):
+        service.admit_certificate(rec.cert_serial, rec.cert_issuer, "SN-B", T0)
+    realm.revoke("SN-A", T0)
+    with pytest.raises(E.RevokedError):
+        service.eap_pwd_password("SN-A", T0)
