@@ -221,3 +221,17 @@ class Supplicant:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(3)
+
+
+def follow_carrier(watcher, supplicants: dict[str, "Supplicant"], stop) -> None:
+    """Loop: feed carrier events from ``watcher`` (a CarrierWatcher) to the supplicant of
+    each interface until ``stop`` (a threading.Event) is set.
+
+    The agent's main loop does the same inside its own select(); this is the stand-alone
+    form for the lab and tests (run it in a thread).
+    """
+    while not stop.is_set():
+        for ev in watcher.poll(0.1):
+            s = supplicants.get(ev.ifname)
+            if s is not None:
+                s.on_link(ev)

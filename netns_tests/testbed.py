@@ -96,7 +96,8 @@ class Testbed:
     def _start_capture(self) -> Path:
         path = self.dir / "switch.pcap"
         self.lab.spawn("tcpdump", self.switch.ns,
-                       ["tcpdump", "-q", "-n", "-U", "-i", "any", "-w", str(path)])
+                       ["tcpdump", "-q", "-n", "-U", "--immediate-mode", "-i", "any",
+                        "-w", str(path)])
         return path
 
     # -- devices

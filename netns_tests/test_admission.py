@@ -1,0 +1,122 @@
+"""802.1X admission through the lab switch: real wpa_supplicant, hostapd, FreeRADIUS, nftables."""
+
+from __future__ import annotations
+
+import select
+import threading
+import time
+
+import pytest
+
+from tessera.agent.l2 import PacketTransport
+from tessera.agent.link import CarrierWatcher, call_in_netns
+from tessera.agent.supplicant import (EAP_FAILURE, EAP_SUCCESS, TlsCredentials,
+                                      follow_carrier)
+from tessera.lab.pki import LabPKI
+from tessera.lab.probe import l2_reach, ping
+
+
+def admitted(ctl, dev) -> bool:
+    return ctl.is_open(dev.port, dev.mac)
+
+
+def test_admission_tls_and_pwd_open_ports_and_traffic_flows(make_testbed):
+    tb = make_testbed(3)
+    d1, d2, d3 = tb.devices
+    s1 = tb.supplicant(d1)                 # EAP-TLS with the device certificate
+    s2 = tb.supplicant(d2, tb.pwd(d2))     # EAP-PWD
+    assert s1.wait_event(timeout=15).name == EAP_SUCCESS
+    assert s2.wait_event(timeout=15).name == EAP_SUCCESS
+    ctl = tb.controller
+    assert ctl.wait_for(lambda c: admitted(c, d1) and admitted(c, d2), 5)
+    assert ping(d1.ns, d2.ip, count=2) == 2
+    assert l2_reach(d1.ns, d2.ns, d2.mac) and l2_reach(d2.ns, d1.ns, d1.mac)
+    # d3 never authenticated: still dark in both directions.
+    assert ping(d1.ns, d3.ip, timeout=0.5) == 0
+    assert not l2_reach(d1.ns, d3.ns) and not l2_reach(d3.ns, d1.ns, d1.mac)
+    assert ctl.authorized()["p3"] == set()
+    # The controller's log tells the story with timestamps.
+    whats = [e.what for e in ctl.entries(port="p1")]
+    assert whats.index("AP-STA-CONNECTED") < whats.index("allow +open")
+
+
+def test_admission_carrier_loss_closes_port_and_link_up_readmits(make_testbed):
+    tb = make_testbed(2)
+    d1, d2 = tb.devices
+    s1, s2 = tb.supplicant(d1), tb.supplicant(d2)
+    ctl = tb.controller
+    assert ctl.wait_for(lambda c: admitted(c, d1) and admitted(c, d2), 15)
+    # The device-side agent loop: carrier events in d1 restart its supplicant.
+    watcher = CarrierWatcher(["eth0"], netns=d1.ns)
+    stop = threading.Event()
+    t = threading.Thread(target=follow_carrier, args=(watcher, {"eth0": s1}, stop), daemon=True)
+    t.start()
+    try:
+        tb.switch.set_carrier(d1.port, False)     # pull the cable
+        assert ctl.wait_for(lambda c: not admitted(c, d1), 5)
+        assert [e.what for e in ctl.entries(port="p1")][-3:] == \
+            ["carrier-down", "block +close", "kick"]
+        assert admitted(ctl, d2)
+        n_conn = len(ctl.entries("AP-STA-CONNECTED", "p1"))
+        t0 = time.monotonic()
+        tb.switch.set_carrier(d1.port, True)      # plug it back: no manual step after this
+        assert ctl.wait_for(lambda c: admitted(c, d1), 10), ctl.log[-6:]
+        took = time.monotonic() - t0
+        assert len(ctl.entries("AP-STA-CONNECTED", "p1")) == n_conn + 1
+        assert took < 5, f"re-admission took {took:.2f}s (supplicant not restarted on LinkUp?)"
+        assert ping(d1.ns, d2.ip) == 1
+    finally:
+        stop.set()
+        t.join(2)
+        watcher.close()
+
+
+def test_admission_bad_credentials_stay_locked_out(make_testbed, tmp_path):
+    tb = make_testbed(3)
+    d1, d2, d3 = tb.devices
+    # d1: EAP-PWD with the wrong password.
+    s1 = tb.supplicant(d1, tb.pwd(d1, "not-the-password"))
+    # d2: EAP-TLS with a certificate from a CA the server does not trust.
+    rogue = LabPKI.generate(tb.now, name="Rogue CA")
+    c = rogue.write_device_files(tmp_path, rogue.issue_device("dev2", tb.now))
+    s2 = tb.supplicant(d2, TlsCredentials("dev2", str(c.cert_path), str(c.key_path),
+                                          str(tb.dir / "devices" / "ca.pem")))
+    s3 = tb.supplicant(d3)  # a good device alongside
+    assert s1.wait_event(timeout=15).name == EAP_FAILURE
+    assert s2.wait_event(timeout=15).name == EAP_FAILURE
+    assert s3.wait_event(timeout=15).name == EAP_SUCCESS
+    ctl = tb.controller
+    assert ctl.wait_for(lambda c: admitted(c, d3), 5)
+    # EAP-TLS: the server rejects, hostapd reports it.  EAP-PWD with a wrong password: the
+    # peer itself finds the server's confirm wrong and gives up; hostapd sees no outcome.
+    assert ctl.wait_for(lambda c: c.entries("CTRL-EVENT-EAP-FAILURE2", "p2"), 5)
+    assert not ctl.entries("AP-STA-CONNECTED", "p1") and not ctl.entries("allow +open", "p1")
+    assert ctl.authorized()["p1"] == set() and ctl.authorized()["p2"] == set()
+    assert ping(d1.ns, d3.ip, timeout=0.5) == 0 and ping(d3.ns, d2.ip, timeout=0.5) == 0
+    assert not l2_reach(d1.ns, d3.ns, d3.mac)
+
+
+def test_l2_transport_round_trip_between_admitted_devices(make_testbed):
+    tb = make_testbed(2)
+    d1, d2 = tb.devices
+    tb.supplicant(d1), tb.supplicant(d2)
+    assert tb.controller.wait_for(lambda c: admitted(c, d1) and admitted(c, d2), 15)
+    a = PacketTransport("eth0", netns=d1.ns)
+    b = PacketTransport("eth0", netns=d2.ns)
+    try:
+        assert (a.mac, b.mac) == (d1.mac, d2.mac)
+        for i in range(100):
+            a.send(b.mac, b"ping %d" % i)
+            select.select([b], [], [], 1)
+            src, payload = b.recv()
+            assert (src, payload[:len(b"ping %d" % i)]) == (a.mac, b"ping %d" % i)
+            b.send(src, b"pong %d" % i)
+            select.select([a], [], [], 1)
+            src2, payload2 = a.recv()
+            assert src2 == b.mac and payload2.startswith(b"pong %d" % i)
+        assert b.recv() is None  # non-blocking when empty
+        received, dropped = b.stats()
+        assert dropped == 0
+    finally:
+        a.close()
+        b.close()

@@ -1,0 +1,88 @@
+"""The switch before admission: a controlled port passes EAPOL and nothing else."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+from tessera.agent.l2 import PacketTransport, mac_bytes
+from tessera.agent.link import call_in_netns
+from tessera.lab import nft
+from tessera.lab.netns import list_netns
+from tessera.lab.probe import l2_reach, ping
+from tessera.lab.switch import Switch
+
+PAE_GROUP = "01:80:c2:00:00:03"
+ETH_P_PAE = 0x888E
+
+
+def eapol_start(ns: str) -> None:
+    """Send one EAPOL-Start (802.1X-2004, type 1) to the PAE group address from ``ns``."""
+    def make():
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_PAE))
+        s.bind(("eth0", ETH_P_PAE))
+        return s
+    s = call_in_netns(ns, make)
+    try:
+        src = s.getsockname()[4][:6]
+        s.send(mac_bytes(PAE_GROUP) + src + ETH_P_PAE.to_bytes(2, "big") + bytes([2, 1, 0, 0]))
+    finally:
+        s.close()
+
+
+def test_switch_closed_ports_pass_only_eapol(lab):
+    sw = Switch(lab)
+    devs = [sw.add_device(i) for i in (1, 2, 3)]
+    ctl = sw.start_controller()
+    try:
+        d1, d2, d3 = devs
+        # IPv4 and raw 0x88B5 frames between closed ports: nothing gets through.
+        assert ping(d1.ns, d2.ip, count=2, timeout=0.5) == 0
+        assert not l2_reach(d1.ns, d2.ns)
+        assert not l2_reach(d2.ns, d3.ns, d3.mac)
+        dropped = re.search(r"counter packets (\d+) bytes \d+ drop comment \"unauthorized",
+                            nft.counters(sw.ns))
+        assert dropped and int(dropped.group(1)) > 0
+        # EAPOL does reach the port's hostapd, which starts EAP for that station.
+        eapol_start(d3.ns)
+        assert ctl.wait_for(lambda c: c.entries("CTRL-EVENT-EAP-STARTED", "p3"), 3)
+        assert ctl.entries("CTRL-EVENT-EAP-STARTED", "p3")[0].mac == d3.mac
+        assert ctl.authorized() == {"p1": set(), "p2": set(), "p3": set()}
+    finally:
+        sw.close()
+
+
+def test_switch_controller_opens_and_closes_on_hostapd_state(lab):
+    """Without RADIUS: a station hostapd already lists is adopted only if AUTHORIZED, and
+    carrier loss on a port is logged as a fact even with no station on it."""
+    sw = Switch(lab)
+    d1 = sw.add_device(1)
+    ctl = sw.start_controller()
+    try:
+        sw.set_carrier(d1.port, False)
+        assert ctl.wait_for(lambda c: c.entries("carrier-down", "p1"), 3)
+        sw.set_carrier(d1.port, True)
+        assert ctl.wait_for(lambda c: c.entries("carrier-up", "p1"), 3)
+        assert ctl.authorized() == {"p1": set()}
+    finally:
+        sw.close()
+
+
+def test_switch_teardown_removes_everything(lab):
+    sw = Switch(lab)
+    sw.add_device(1)
+    sw.start_controller()
+    pids = lab.pids()
+    names = list(lab.namespaces)
+    assert pids and names
+    sw.close()
+    lab.close()
+    assert not set(names) & set(list_netns())
+    time.sleep(0.1)
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                assert f.read().split(") ", 1)[1].startswith("Z")
+        except FileNotFoundError:
+            pass
