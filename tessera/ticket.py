@@ -11,8 +11,8 @@ Service-sealed tickets (only a server of the realm opens them; the server keeps 
   of the registration (renewals never outlive it), and the STK.
 
 The ticket key differs per kind (HKDF label) and per realm, so a DRT never opens as a TGT and a
-ticket of one realm never opens in another. Sizes for a 16-character device id: DRT 111 bytes,
-TGT 119 bytes (see tests/unit/test_size.py).
+ticket of one realm never opens in another. Sizes for a 16-character device id: DRT 103 bytes,
+TGT 111 bytes (see tests/unit/test_size.py).
 """
 
 from __future__ import annotations
