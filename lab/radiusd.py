@@ -195,7 +195,8 @@ class RadiusServer:
         self.run_prefix = tuple(run_prefix)
         self.debug = debug
         self.proc: subprocess.Popen | None = None
-        self.output = self.raddb / "log" / "radiusd.out"
+        self.log_dir = self.raddb / "log"  # the config's logdir (build_config puts it here)
+        self.output = self.log_dir / "radiusd.out"
 
     @classmethod
     def for_config(cls, raddb: Path, cfg: RadiusConfig, **kw) -> "RadiusServer":
@@ -208,7 +209,7 @@ class RadiusServer:
     @property
     def log_file(self) -> Path:
         """Where the server logs: radius.log with -f, the captured stdout with -X."""
-        return self.output if self.debug else self.raddb / "log" / "radius.log"
+        return self.output if self.debug else self.log_dir / "radius.log"
 
     def log_text(self) -> str:
         try:

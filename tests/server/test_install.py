@@ -1,0 +1,100 @@
+"""tools/install-radius into a scratch copy of Debian's layout, then radiusd from it as freerad.
+
+The scratch root lives under /var/tmp (not /tmp/pytest-of-root, which freerad cannot enter).
+The installer makes the venv (pip, network or cache), the realm (as freerad), the configs and a
+lab server certificate; the test points logdir/run_dir into the scratch root, starts
+``freeradius -f`` as freerad by PID, and registers a device over RADIUS: a real answer.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tessera.device import DeviceClient
+from tessera.identity import DeviceKey, ServerEntry
+from tessera.lab import radiusd
+from tessera.radius.client import RadiusClient, Server
+
+from conftest import needs_freeradius
+
+pytestmark = needs_freeradius
+REPO = Path(__file__).resolve().parents[2]
+AS_FREERAD = ("setpriv", "--reuid=freerad", "--regid=freerad", "--init-groups")
+ADDRESS = "127.0.0.1"
+SECRET = "install-test-secret"
+
+
+def drop_block(text: str, opening: str) -> str:
+    """Remove the brace-balanced config block that starts with ``opening``."""
+    start = text.index(opening)
+    depth, i = 0, start
+    while True:
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[:start] + text[i + 1:]
+        i += 1
+
+
+@pytest.fixture
+def scratch_root():
+    root = Path(tempfile.mkdtemp(prefix="tessera-install-", dir="/var/tmp"))
+    os.chmod(root, 0o755)
+    (root / "etc" / "freeradius").mkdir(parents=True)
+    subprocess.run(["cp", "-a", "/etc/freeradius/3.0", str(root / "etc" / "freeradius")], check=True)
+    # as an operator would: drop Debian's sample "localhost" client (secret testing123, no
+    # Message-Authenticator requirement), which also holds the address the test client uses
+    clients = root / "etc" / "freeradius" / "3.0" / "clients.conf"
+    clients.write_text(drop_block(clients.read_text(), "client localhost {"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_install_radius_into_scratch_layout_serves_as_freerad(scratch_root):
+    port = radiusd.free_udp_port(ADDRESS)
+    r = subprocess.run([str(REPO / "tools" / "install-radius"), "--root", str(scratch_root),
+                        "--init-realm", "lab.example", "--server-id", "radius-1",
+                        "--listen-address", ADDRESS, "--port", str(port),
+                        "--client", ADDRESS, "--secret", SECRET],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    raddb = scratch_root / "etc" / "freeradius" / "3.0"
+    assert not (raddb / "sites-enabled" / "default").exists()
+    assert (raddb / "mods-enabled" / "tessera").is_symlink()
+
+    # private log and run directories, writable by freerad, instead of /var/log and /run
+    conf = raddb / "radiusd.conf"
+    text = radiusd.set_option(conf.read_text(), "logdir", str(scratch_root / "var" / "log" / "freeradius"))
+    conf.write_text(radiusd.set_option(text, "run_dir", str(scratch_root / "run" / "freeradius")))
+    for d in ("var/log/freeradius", "run/freeradius"):
+        (scratch_root / d).mkdir(parents=True, exist_ok=True)
+        shutil.chown(scratch_root / d, "freerad", "freerad")
+
+    server = radiusd.RadiusServer(raddb, ADDRESS, port, SECRET, run_prefix=AS_FREERAD)
+    server.output = scratch_root / "radiusd.out"
+    server.log_dir = scratch_root / "var" / "log" / "freeradius"
+    try:
+        server.start()
+        status = Path(f"/proc/{server.pid}/status").read_text()
+        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        assert int(uid) == int(subprocess.check_output(["id", "-u", "freerad"]))
+
+        from tessera.realm import open_realm
+        data = scratch_root / "var" / "lib" / "tessera"
+        realm = open_realm(str(data / "registry.db"), str(data / "kek"))
+        key = DeviceKey.generate()
+        realm.enrol_key("switch-9", key.public_bytes(), time.time())
+        dev = DeviceClient(realm.bundle("switch-9", [ServerEntry("radius-1", ADDRESS, port)], SECRET), key)
+        client = RadiusClient([Server("radius-1", ADDRESS, port, SECRET.encode())], timeout=2.0)
+        reply = client.exchange("switch-9", lambda sid: dev.register_request(sid, time.time(), os.urandom(16)))
+        assert dev.register_reply(reply, time.time()).not_after > time.time()
+    finally:
+        server.stop()
+    assert not server.running() and not Path(f"/proc/{server.pid}").exists()
