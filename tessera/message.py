@@ -18,6 +18,7 @@ proof (signature or MAC) over `body()` — every byte before it.
     33    PeerTicket         frame B→A            finished MAC of B
     34    PeerFinished       frame A→B            finished MAC of A
     35    PeerData           frame, both ways     AEAD record (record.py)
+    36    PeerAnnounce       frame, broadcast     none: a hint that starts a handshake, nothing more
 
 Sizes (16-character ids, see tests/unit/test_size.py) all fit one Ethernet frame and a few
 RADIUS attribute instances of ≤ 247 bytes.
@@ -291,10 +292,22 @@ class PeerData(Message):
     FIELDS = (("session_id", "sid"), ("seq", "u64"), ("sealed", "rest"))
 
 
+@dataclass(repr=False)
+class PeerAnnounce(Message):
+    """Neighbour discovery: 'device X of realm R is on this segment'. Unauthenticated on
+    purpose — it only prompts the lower device id to start a handshake, which authenticates."""
+
+    realm: str
+    device_id: str
+    epoch: int  # random per link-up: a change tells neighbours this device lost its sessions
+    TYPE = 36
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("epoch", "u64"))
+
+
 MESSAGES: dict[int, type[Message]] = {
     m.TYPE: m for m in (RegisterRequest, RegisterReply, AuthRequest, TicketReply, RenewRequest,
                         SessionRequest, SessionReply, ErrorMessage, PeerHello, PeerTicket,
-                        PeerFinished, PeerData)
+                        PeerFinished, PeerData, PeerAnnounce)
 }
 
 

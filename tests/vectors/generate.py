@@ -68,6 +68,7 @@ def compute() -> dict:
         m.PeerTicket(REALM, "SN-0001", "SN-0002", n16, b(16, 0x0B), T + 3600, b(126, 0xA2), b(32, 0xF1)),
         m.PeerFinished(REALM, "SN-0001", "SN-0002", n16, b(32, 0xF2)),
         m.PeerData(b(8, 0x99), 1, b(20, 0x98)),
+        m.PeerAnnounce(REALM, "SN-0001", 0x0102030405060708),
     ]
     llk = b(32, 0x22)
     auth = msgs[2]
