@@ -22,19 +22,22 @@ e.g. from the device certificate to the LLK-based method once the device has one
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from tessera.agent.ctrl import CtrlClient, CtrlEvent, parse_kv
-from tessera.agent.link import LinkDown, LinkEvent, LinkUp
+from tessera.agent.link import LinkDown, LinkEvent, LinkUp, call_in_netns
 
 EAP_SUCCESS = "CTRL-EVENT-EAP-SUCCESS"
 EAP_FAILURE = "CTRL-EVENT-EAP-FAILURE"
 CONNECTED = "CTRL-EVENT-CONNECTED"
 DISCONNECTED = "CTRL-EVENT-DISCONNECTED"
 OUTCOMES = frozenset({EAP_SUCCESS, EAP_FAILURE})
+ETH_P_PAE = 0x888E
+PAE_GROUP_ADDR = bytes.fromhex("0180c2000003")
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,30 @@ def on_link_action(ev: LinkEvent) -> str | None:
     raise TypeError(ev)
 
 
+def eapol_start_frame(src_mac: bytes) -> bytes:
+    """EAPOL-Start (802.1X-2004: version 2, type 1, no body) to the PAE group address."""
+    return PAE_GROUP_ADDR + src_mac + ETH_P_PAE.to_bytes(2, "big") + bytes([2, 1, 0, 0])
+
+
+def send_eapol_start(ifname: str, netns: str | None = None) -> None:
+    """Send one EAPOL-Start on ``ifname`` from a raw socket of our own.
+
+    REASSOCIATE alone puts wpa_supplicant's SUPP_PAE in CONNECTING but it sends its
+    EAPOL-Start only when ``startWhen`` runs out on its 1-second tick (measured 1.5-2 s);
+    hostapd answers this Start at once with EAP-Request/Identity, which the supplicant takes
+    from CONNECTING straight into AUTHENTICATING.
+    """
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_PAE))
+        s.bind((ifname, ETH_P_PAE))
+        return s
+    s = call_in_netns(netns, make)
+    try:
+        s.send(eapol_start_frame(s.getsockname()[4][:6]))
+    finally:
+        s.close()
+
+
 Launcher = Callable[[str, list[str]], subprocess.Popen]
 
 
@@ -122,8 +149,10 @@ class Supplicant:
     """One wpa_supplicant on one wired interface, with its control sockets."""
 
     def __init__(self, ifname: str, creds: Credentials, workdir: str,
-                 launcher: Launcher | None = None, debug: bool = False):
-        self.ifname, self.creds, self.workdir = ifname, creds, workdir
+                 launcher: Launcher | None = None, debug: bool = False,
+                 netns: str | None = None):
+        """``netns``: namespace of ``ifname`` for our own raw EAPOL-Start (lab use only)."""
+        self.ifname, self.creds, self.workdir, self.netns = ifname, creds, workdir, netns
         self.ctrl_dir = os.path.join(workdir, "wpa")
         self.conf_path = os.path.join(workdir, f"wpa_supplicant-{ifname}.conf")
         os.makedirs(self.ctrl_dir, exist_ok=True)
@@ -158,8 +187,9 @@ class Supplicant:
         return self.status().get("suppPortStatus") == "Authorized"
 
     def restart(self) -> None:
-        """Start authentication over now (EAPOL-Start without waiting for startPeriod)."""
+        """Start authentication over now: REASSOCIATE, then an EAPOL-Start of our own."""
         self.cmd.ok("REASSOCIATE")
+        send_eapol_start(self.ifname, self.netns)
 
     def logoff(self) -> None:
         self.cmd.ok("LOGOFF")
@@ -179,7 +209,7 @@ class Supplicant:
         """React to a carrier event; returns the command sent, if any."""
         cmd = on_link_action(ev)
         if cmd is not None and ev.ifname == self.ifname:
-            self.cmd.ok(cmd)
+            self.restart()
             return cmd
         return None
 

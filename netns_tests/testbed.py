@@ -117,7 +117,8 @@ class Testbed:
         creds = creds or self.tls(dev)
         s = Supplicant("eth0", creds, str(self.dir / f"d{dev.index}"),
                        launcher=lambda name, argv: self.lab.spawn(
-                           f"{name}-d{dev.index}", dev.ns, argv).popen, debug=debug)
+                           f"{name}-d{dev.index}", dev.ns, argv).popen, debug=debug,
+                       netns=dev.ns)
         self.supplicants.append(s)
         return s
 
