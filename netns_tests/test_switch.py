@@ -86,3 +86,19 @@ def test_switch_teardown_removes_everything(lab):
                 assert f.read().split(") ", 1)[1].startswith("Z")
         except FileNotFoundError:
             pass
+
+
+def test_reap_stale_removes_namespaces_of_dead_owners_only(lab):
+    import subprocess
+    from tessera.lab.netns import reap_stale, run_tag, sh
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"{run_tag(pid=dead.pid)}-sw"   # owner PID no longer exists (kill -9 leftover)
+    sh(["ip", "netns", "add", stale])
+    mine = lab.add_ns("alive")               # owner is this process: must stay
+    try:
+        gone = reap_stale()
+        assert stale in gone and mine not in gone
+        assert stale not in list_netns() and mine in list_netns()
+    finally:
+        sh(["ip", "netns", "del", stale], check=False)
