@@ -59,8 +59,8 @@ def write_private(path: str, data: bytes) -> None:
 
 class Agent:
     def __init__(self, ifname: str, bundle: BootstrapBundle, state_dir: str, key_pem: bytes | None = None,
-                 cert_pem: bytes | None = None, timers: Timers = Timers(), radius_timeout: float = 1.0,
-                 radius_retries: int = 1, tick: float = 0.1):
+                 cert_pem: bytes | None = None, timers: Timers = Timers(), radius_timeout: float = 0.3,
+                 radius_retries: int = 3, tick: float = 0.1):
         self.ifname, self.state_dir, self.tick = ifname, state_dir, tick
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         key_pem = key_pem or bundle.device_key_pem

@@ -1,0 +1,143 @@
+"""The whole Tessera system in namespaces: a real realm, FreeRADIUS with the plugin, a switch
+with 802.1X ports, and N devices each running tessera-agent.
+
+How this works: `RealmLab` builds on the tested plumbing — `Lab` (namespaces, processes,
+teardown), `Switch` (bridge, one hostapd per port, nftables port controller), `radiusd`
+(FreeRADIUS from the repo's config in the `radius` namespace) — and adds the real realm: a
+registry and KEK made with `Realm.init`, devices enrolled with generated key pairs and
+bootstrap bundles, the RADIUS server's EAP certificate issued by the realm's CA (which devices
+trust through their bundle), and one `tessera-agent run` per device namespace. Nothing is
+scripted per device after start: the agents see carrier, admit, register, get TGTs and peer.
+
+    netns radius  eth0 203.0.113.2 ── uplink ┐
+    netns sw      br0 203.0.113.1 (bridge) ─ p1 … pN (hostapd each, nftables port control)
+    netns dN      eth0 192.0.2.(100+N), 203.0.113.(100+N) ── pN
+
+Devices reach the realm at 203.0.113.2 only once their port is authorized.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tessera.agent.daemon import query
+from tessera.identity import ServerEntry, pem_certificate
+from tessera.lab import radiusd
+from tessera.lab.netns import Lab, Proc
+from tessera.lab.pki import LabPKI, write_file
+from tessera.lab.switch import RADIUS_IP, Device, RadiusServer as RadiusAddr, Switch
+from tessera.realm import Realm, create_kek
+from tessera.service import Policy
+from tessera.sqlite_registry import SQLiteRegistry
+
+REPO = Path(__file__).resolve().parents[1]
+AGENT = REPO / ".venv" / "bin" / "tessera-agent"
+SERVER_ID = "radius1"
+
+
+@dataclass
+class LabDevice:
+    device_id: str
+    dev: Device
+    dir: Path
+    agent: Proc | None = None
+
+    @property
+    def state_dir(self) -> str:
+        return str(self.dir / "state")
+
+
+class RealmLab:
+    """A running realm with devices; `close()` (or the Lab) tears everything down."""
+
+    def __init__(self, lab: Lab, n_devices: int = 3, now: float | None = None, realm_name: str = "lab.example",
+                 policy: Policy = Policy(), radius_debug: bool = False, capture: bool = True,
+                 enrol: int | None = None):
+        self.lab = lab
+        self.now = time.time() if now is None else now
+        self.dir = Path(lab.workdir)
+        self.realm = Realm.init(SQLiteRegistry(str(self.dir / "registry.db")), create_kek(str(self.dir / "kek")),
+                                realm_name, self.now, policy)
+        LabPKI(self.realm.ca).install_server_files(self.dir / "tls", "radius.lab.example", self.now)
+        self.radius_ns = lab.add_ns("radius")
+        self.cfg = radiusd.RadiusConfig(
+            db=self.dir / "registry.db", kek=self.dir / "kek", tls_dir=self.dir / "tls", server_id=SERVER_ID,
+            address=RADIUS_IP, port=1812, client_address="203.0.113.0/24")
+        self.raddb = radiusd.build_config(self.dir / "raddb", self.cfg)
+        self.switch = Switch(lab, radius=RadiusAddr(RADIUS_IP, self.cfg.port, self.cfg.secret))
+        self.switch.add_uplink(self.radius_ns)
+        self.servers = [ServerEntry(SERVER_ID, RADIUS_IP, self.cfg.port)]
+        self.devices: list[LabDevice] = []
+        for i in range(1, n_devices + 1):
+            dev = self.switch.add_device(i)
+            lab.add_addr(dev.ns, "eth0", f"203.0.113.{100 + i}/24")
+            d = LabDevice(f"dev-{i:02d}", dev, self.dir / f"d{i}")
+            if enrol is None or i <= enrol:
+                bundle = self.realm.enrol_generated(d.device_id, self.servers, self.cfg.secret, self.now)
+            else:  # never enrolled: it knows the realm, but its certificate is from an unknown maker
+                stranger = LabPKI.generate(self.now, "Unknown Maker CA").issue_device(d.device_id, self.now)
+                bundle = self.realm.bundle(d.device_id, self.servers, self.cfg.secret)
+                bundle.device_key_pem = stranger.key.pem()
+                bundle.device_certificate_pem = pem_certificate(stranger.certificate)
+            write_file(d.dir / "bundle.json", bundle.to_json().encode(), 0o600)
+            self.devices.append(d)
+        self.pcap = self.dir / "switch.pcap"
+        if capture:
+            lab.spawn("tcpdump", self.switch.ns, ["tcpdump", "-q", "-n", "-U", "-i", "br0", "-w", str(self.pcap)])
+        self.controller = self.switch.start_controller()
+        self.radius = radiusd.RadiusServer.for_config(self.raddb, self.cfg, run_prefix=("ip", "netns", "exec", self.radius_ns),
+                                                      debug=radius_debug)
+        self.radius.start()
+
+    # -- devices ---------------------------------------------------------------------------
+    def set_carrier(self, d: LabDevice, up: bool) -> None:
+        self.switch.set_carrier(d.dev.port, up)
+
+    def start_agent(self, d: LabDevice, announce_every: float = 0.5) -> Proc:
+        d.agent = self.lab.spawn(f"agent-d{d.dev.index}", d.dev.ns,
+                                 [str(AGENT), "run", "-i", "eth0", "--bundle", str(d.dir / "bundle.json"),
+                                  "--state-dir", d.state_dir, "--announce-every", str(announce_every)])
+        deadline = time.monotonic() + 15
+        while not os.path.exists(os.path.join(d.state_dir, "agent.sock")):
+            if not d.agent.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"agent of {d.device_id} did not start; see {d.agent.log_path}")
+            time.sleep(0.02)
+        return d.agent
+
+    def stop_agent(self, d: LabDevice) -> None:
+        if d.agent is not None:
+            self.lab.stop(d.agent)
+            d.agent = None
+
+    def status(self, d: LabDevice) -> dict | None:
+        try:
+            return query(d.state_dir, {"cmd": "status"}, timeout=2)
+        except (OSError, ValueError):
+            return None
+
+    def send(self, d: LabDevice, peer: str, data: str) -> dict:
+        return query(d.state_dir, {"cmd": "send", "peer": peer, "data": data})
+
+    def inbox(self, d: LabDevice) -> list[dict]:
+        return query(d.state_dir, {"cmd": "inbox"})
+
+    def wait(self, pred, timeout: float, every: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            time.sleep(every)
+        return pred()
+
+    def peered(self, d: LabDevice, peers: list[str]) -> bool:
+        st = self.status(d)
+        return bool(st) and all(p in st["sessions"] for p in peers)
+
+    def close(self) -> None:
+        for d in self.devices:
+            self.stop_agent(d)
+        self.switch.close()
+        self.radius.stop()
