@@ -17,7 +17,6 @@ PID is tracked and ended at teardown).
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -29,28 +28,6 @@ from tessera.lab.switch import RADIUS_IP, Device, RadiusServer as RadiusAddr, Sw
 
 REPO = Path(__file__).resolve().parents[1]
 STUB_REALM_DIR = REPO / "tests" / "server"
-
-
-def fix_authorize_chain(raddb: Path) -> bool:
-    """Work around ``return`` inside ``if`` not leaving ``authorize`` in FreeRADIUS 3.2.1.
-
-    configs/freeradius/sites-available/tessera ends each branch with ``return`` and then
-    rejects; in 3.2.1 the ``return`` only leaves the ``if`` block, so EAP-Identity got an
-    Access-Reject.  Rewrites the copy in ``raddb`` to ``if / elsif / else``.  A no-op (False)
-    once the shipped site no longer has that shape.
-    """
-    site = raddb / "sites-available" / "tessera"
-    text = site.read_text()
-    gap = r"\n\t\}\n(?:[ \t]*\n|[ \t]*#[^\n]*\n)*"
-    new, n1 = re.subn(gap + r"\tif \(&EAP-Message\) \{", "\n\t}\n\telsif (&EAP-Message) {",
-                      text, count=1)
-    new, n2 = re.subn(gap + r"(\tupdate reply \{\n\t\t&Reply-Message := \"not a Tessera "
-                      r"request\"\n\t\}\n\treject\n)",
-                      lambda m: "\n\t}\n\telse {\n" + m.group(1) + "\t}\n", new, count=1)
-    if n1 and n2:
-        site.write_text(new)
-        return True
-    return False
 
 
 class Testbed:
@@ -81,7 +58,6 @@ class Testbed:
             address=RADIUS_IP, port=1812, client_address="203.0.113.0/24",
             realm_opener="stub_realm:open_realm", python_path=(STUB_REALM_DIR,))
         self.raddb = radiusd.build_config(self.dir / "raddb", self.cfg)
-        fix_authorize_chain(self.raddb)
         self.switch = Switch(lab, radius=RadiusAddr(RADIUS_IP, self.cfg.port, self.cfg.secret))
         self.switch.add_uplink(self.radius_ns)
         self.devices = [self.switch.add_device(i) for i in range(1, n_devices + 1)]
