@@ -121,3 +121,16 @@ def test_radius_radclient_interoperates(stub_server):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Access-Accept" in r.stdout
     assert "Tessera-Reply = 0x" + b"ACK1cba".hex() in r.stdout
+
+
+def test_radius_load_generator_gets_every_answer(stub_server):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import radius_load
+
+    server = stub_server.server_entry()
+    requests = [("bench", b"TSR1" + i.to_bytes(4, "big")) for i in range(600)]
+    result = radius_load.run_load(server, radius_load.prebuild(server, requests), stub_server.proc.pid, 64)
+    assert (result.accepted, result.lost) == (600, 0)
+    assert result.server_cpu is not None and result.server_cpu >= 0
