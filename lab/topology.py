@@ -74,6 +74,10 @@ class RealmLab:
         for i in range(1, n_devices + 1):
             dev = self.switch.add_device(i)
             lab.add_addr(dev.ns, "eth0", f"203.0.113.{100 + i}/24")
+            # The first ARP for the server can leave before the switch opens the port (the
+            # controller acts on hostapd's event, the device on its EAP-Success): retry in
+            # 100 ms instead of Linux's 1 s.
+            lab.run(dev.ns, ["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=100"])
             d = LabDevice(f"dev-{i:02d}", dev, self.dir / f"d{i}")
             if enrol is None or i <= enrol:
                 bundle = self.realm.enrol_generated(d.device_id, self.servers, self.cfg.secret, self.now)

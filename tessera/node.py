@@ -136,7 +136,7 @@ class Timers:
     handshake_timeout: float = 10.0
     retry_min: float = 1.0
     retry_max: float = 30.0
-    rekey_before: float = 60.0  # start a new handshake this long before a session key ends
+    rekey_before: float = 60.0  # start a new handshake this long (at most a quarter of its life) before a key ends
     old_session_grace: float = 5.0  # keep the previous key for frames in flight after a rekey
 
 
@@ -170,6 +170,7 @@ class Node:
         self.by_id: dict[bytes, tuple[str, Session]] = {}  # every usable session id (old ones for a grace)
         self.retiring: dict[bytes, float] = {}  # session id → drop at
         self.initiating: dict[str, tuple[PeerInitiator, float]] = {}
+        self.peer_retry: dict[str, tuple[float, float]] = {}  # peer → (not before, back-off) after a failure
         self.responding: dict[str, tuple[PeerResponder, str, float]] = {}  # peer → (role, mac, started)
         self.ops: dict[int, tuple[str, object]] = {}
         self._op_ids = itertools.count(1)
@@ -357,7 +358,7 @@ class Node:
             elif isinstance(msg, m.PeerFinished):
                 self._peer_finished(msg, ev.src, payload, t, out)
             else:
-                self._peer_error(msg, ev.src, out)
+                self._peer_error(msg, ev.src, t, out)
         except TesseraError as exc:
             self.stats["frames_dropped"] += 1
             out.append(Log("frame-rejected", f"from {ev.src}: {exc.reason}"))
@@ -378,6 +379,8 @@ class Node:
 
     def _initiate(self, peer: str, t: float, out: list[Action]) -> None:
         if peer in self.initiating or self.client.credentials is None or t >= self.client.credentials.not_after:
+            return
+        if t < self.peer_retry.get(peer, (0.0, 0.0))[0]:
             return
         role = PeerInitiator(self.client, peer)
         hello = role.hello(t, self.random(16))
@@ -411,18 +414,26 @@ class Node:
         del self.responding[msg.initiator]
         self._established(msg.initiator, channel, t, out)
 
-    def _peer_error(self, msg: m.ErrorMessage, src: str, out: list[Action]) -> None:
+    def _peer_error(self, msg: m.ErrorMessage, src: str, t: float, out: list[Action]) -> None:
         for peer, (role, _) in list(self.initiating.items()):
             if self.neighbours.get(peer) and self.neighbours[peer].mac == src:
                 del self.initiating[peer]
-                self.stats["handshakes_failed"] += 1
-                out.append(Log("session-failed", f"{peer} reports: {msg.detail}"))
+                self._handshake_failed(peer, t, out, f"{peer} reports: {msg.detail}")
+
+    def _handshake_failed(self, peer: str, t: float, out: list[Action], why: str) -> None:
+        """Count the failure and back off before the next try with this peer (1 s doubling to 30 s)."""
+        self.stats["handshakes_failed"] += 1
+        _, backoff = self.peer_retry.get(peer, (0.0, self.timers.retry_min / 2))
+        backoff = min(backoff * 2, self.timers.retry_max)
+        self.peer_retry[peer] = (t + backoff, backoff)
+        out.append(Log("session-failed", f"{why}; next try in {backoff:.0f} s"))
 
     def _established(self, peer: str, channel: Channel, t: float, out: list[Action]) -> None:
         old = self.sessions.get(peer)
         if old is not None:
             self.retiring[old.channel.session_id] = t + self.timers.old_session_grace
         s = Session(channel, t)
+        self.peer_retry.pop(peer, None)
         self.sessions[peer] = s
         self.by_id[channel.session_id] = (peer, s)
         verb = "rekeyed" if old else "established"
@@ -461,8 +472,7 @@ class Node:
         for peer, (_, started) in list(self.initiating.items()):
             if t - started > self.timers.handshake_timeout:
                 del self.initiating[peer]
-                self.stats["handshakes_failed"] += 1
-                out.append(Log("session-failed", f"{peer}: no answer to the hello"))
+                self._handshake_failed(peer, t, out, f"{peer}: no answer to the hello")
         for peer, (_, _, started) in list(self.responding.items()):
             if t - started > self.timers.handshake_timeout and not any(c == peer for k, c in self.ops.values() if k == "session"):
                 del self.responding[peer]
@@ -471,7 +481,8 @@ class Node:
                 del self.sessions[peer]
                 self.by_id.pop(s.channel.session_id, None)
                 out.append(Log("session-expired", f"with {peer}"))
-            elif s.channel.not_after - t < self.timers.rekey_before and self.device_id < peer and peer in self.neighbours:
+            elif (s.channel.not_after - t < min(self.timers.rekey_before, (s.channel.not_after - s.established_at) / 4)
+                  and self.device_id < peer and peer in self.neighbours):
                 self._initiate(peer, t, out)
         for sid, until in list(self.retiring.items()):
             if t >= until:
