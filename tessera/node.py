@@ -133,6 +133,8 @@ class Port(enum.Enum):
 @dataclass
 class Timers:
     announce_every: float = 2.0
+    admission_timeout: float = 3.0  # no EAP-Success by then counts as refused (a supplicant that
+    # finished its TLS handshake ignores the EAP-Failure of a certificate check that follows it)
     handshake_timeout: float = 10.0
     retry_min: float = 1.0
     retry_max: float = 30.0
@@ -177,6 +179,7 @@ class Node:
         self.next_announce = 0.0
         self.epoch = 0
         self.retry_at = 0.0
+        self.admission_started = 0.0
         self.backoff = timers.retry_min
         self.stats = {"frames_dropped": 0, "handshakes_failed": 0}
 
@@ -190,7 +193,7 @@ class Node:
         t = now + self.offset
         out: list[Action] = []
         if isinstance(event, LinkUp):
-            self._link_up(out)
+            self._link_up(t, out)
         elif isinstance(event, LinkDown):
             self._link_down(out, "carrier lost")
         elif isinstance(event, PortAuthorized):
@@ -215,7 +218,8 @@ class Node:
         return [SendFrame(self.neighbours[peer].mac, s.channel.seal(data))]
 
     # -- port ------------------------------------------------------------------------------
-    def _admission(self, out: list[Action]) -> None:
+    def _admission(self, out: list[Action], t: float = 0.0) -> None:
+        self.admission_started = t
         if self.client.registration is not None and self.method != "tls-fallback":
             out.append(StartAdmission("pwd", self.device_id, self.client.eap_pwd_password()))
             self.method = "pwd"
@@ -223,12 +227,12 @@ class Node:
             out.append(StartAdmission("tls", self.device_id))
             self.method = "tls"
 
-    def _link_up(self, out: list[Action]) -> None:
+    def _link_up(self, t: float, out: list[Action]) -> None:
         self.port = Port.ADMITTING
         self.method = None
         self.epoch = int.from_bytes(self.random(8), "big")
         out.append(Log("link-up", "carrier up: starting 802.1X"))
-        self._admission(out)
+        self._admission(out, t)
 
     def _link_down(self, out: list[Action], why: str) -> None:
         dropped = len(self.sessions) + len(self.initiating) + len(self.responding)
@@ -253,7 +257,7 @@ class Node:
         if ev.method == "pwd":
             out.append(Log("admission-failed", f"EAP-PWD refused ({ev.reason or 'EAP-Failure'}): trying EAP-TLS"))
             self.method = "tls-fallback"
-            self._admission(out)
+            self._admission(out, t)
             return
         self.port = Port.BLOCKED
         self.retry_at = t + self.backoff
@@ -461,7 +465,10 @@ class Node:
         if self.port is Port.BLOCKED and t >= self.retry_at:
             self.port = Port.ADMITTING
             self.method = None
-            self._admission(out)
+            self._admission(out, t)
+        elif self.port is Port.ADMITTING and t - self.admission_started > self.timers.admission_timeout:
+            self._rejected(PortRejected((self.method or "tls").split("-")[0],
+                                        f"no EAP-Success within {self.timers.admission_timeout:.0f} s"), t, out)
         self._lifecycle(t, out)
         if self.port is not Port.UP:
             return
