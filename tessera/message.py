@@ -38,6 +38,7 @@ MAC_LEN = 32
 SIG_LEN = 64
 MAX_BLOB = 1024
 MAX_MESSAGE = 4000
+_PROOF_LEN = {"mac": 32, "sig": 64}
 
 
 def _pull(r: Reader, kind: str):
@@ -105,7 +106,11 @@ class Message:
         return self._write(None)
 
     def body(self) -> bytes:
-        """Every byte before the proof: what the signature or MAC covers."""
+        """Every byte before the proof: what the signature or MAC covers. For a decoded
+        message these are the bytes as received (proofs are fixed-size and last)."""
+        raw = self.__dict__.get("_raw")
+        if raw is not None and self.PROOF is not None:
+            return raw[: len(raw) - _PROOF_LEN[dict(self.FIELDS)[self.PROOF]]]
         return self._write(self.PROOF)
 
     @classmethod
@@ -324,7 +329,9 @@ def decode(data: bytes, expect: tuple[type[Message], ...] | None = None) -> Mess
         raise MalformedError(f"unknown message type {mtype}")
     if expect is not None and cls not in expect:
         raise MalformedError(f"unexpected {cls.__name__}")
-    return cls._read(r)
+    msg = cls._read(r)
+    msg.__dict__["_raw"] = bytes(data)  # decoded messages are read as received, not re-encoded
+    return msg
 
 
 def field_names(cls: type[Message]) -> list[str]:

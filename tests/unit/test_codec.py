@@ -45,7 +45,8 @@ def test_message_round_trip(realm, dev, ts, nonce, blob):
     for msg in (m.AuthRequest(realm, dev, "s1", ts, nonce, blob, b"\x01" * 32),
                 m.PeerHello(realm, dev, "peer", ts, nonce, blob, b"\x02" * 32),
                 m.SessionReply(realm, dev, "p", nonce, nonce, ts, blob, blob[:10])):
-        assert m.decode(msg.encode()) == msg
+        got = m.decode(msg.encode())
+        assert got == msg and got.body() == msg.body()
 
 
 def test_decode_rejects_unknown_type_version_and_unexpected():
