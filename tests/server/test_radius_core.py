@@ -152,3 +152,72 @@ def test_core_eap_pwd_after_registration(core, tmp_path):
     rc, out = eapol_test(tmp_path, "pwd1", pwd_network("switch-6", dev.eap_pwd_password()),
                          core.server.address, core.server.port, core.server.secret)
     assert rc == 0, out[-2000:]
+
+
+def test_core_whole_flow_two_devices_session_key_and_records(core):
+    """Enrol two devices, register both, TGTs, a session key for the pair over RADIUS; both
+    open it, prove it to each other and exchange protected records both ways."""
+    from tessera.peer import PeerInitiator, PeerResponder
+
+    a, _ = core.device("flow-a", core.server)
+    b, _ = core.device("flow-b", core.server)
+    register_and_authenticate(core, a)
+    register_and_authenticate(core, b)
+    now = time.time()
+    ia, rb = PeerInitiator(a, "flow-b"), PeerResponder(b)
+    rb.receive_hello(ia.hello(now, os.urandom(16)), now)
+    reply = rpc(core.server, b)(lambda sid: rb.session_request(sid, time.time(), os.urandom(16)))
+    fin = ia.receive_ticket(rb.receive_session_reply(reply, now), now)
+    ba = rb.receive_finished(fin, now)
+    ab = ia.channel
+    assert ab.session_id == ba.session_id
+    assert ba.open(ab.seal(b"a to b")) == b"a to b" and ab.open(ba.seal(b"b to a")) == b"b to a"
+    assert [r.state.value for r in (core.realm.registry.get_device("flow-a"), core.realm.registry.get_device("flow-b"))] \
+        == ["registered", "registered"]
+
+
+def test_core_tampered_expired_and_skewed_requests_get_their_reason(core):
+    """Each bad request gets its own Tessera-Error and Reply-Message; the server keeps serving."""
+    from tessera import kdf, message as m
+    from tessera.ticket import GrantingTicket, seal_ticket
+
+    dev, _ = core.device("bad-1", core.server)
+    register_and_authenticate(core, dev)
+    send = rpc(core.server, dev)
+    sid = core.server.cfg.server_id
+
+    def code_of(request: bytes) -> tuple[int, str]:
+        with pytest.raises(RejectedError) as exc:
+            send(lambda _sid: request)
+        return exc.value.code, exc.value.reason
+
+    # a tampered ticket: one bit of the sealed DRT flipped (the MAC is then recomputed with the
+    # right LLK, so only the ticket's own tag can notice)
+    req = m.decode(dev.auth_request(sid, time.time(), os.urandom(16)))
+    dev.abandon()
+    drt = bytearray(req.drt)
+    drt[20] ^= 1
+    req.drt, req.__dict__["_raw"] = bytes(drt), None
+    req.mac = kdf.mac(kdf.derive(dev.registration.llk, kdf.AUTH_PROOF), req.body())
+    assert code_of(req.encode())[0] == 4  # invalid-ticket
+    # an expired TGT, sealed by the realm itself an hour ago
+    t = int(time.time())
+    old = GrantingTicket("bad-1", 1, t - 7200, t - 3600, t + 86400, os.urandom(32))
+    renew = m.RenewRequest(REALM, "bad-1", sid, t, os.urandom(16), seal_ticket(core.realm.keyring, old, t, os.urandom(12)))
+    renew.mac = kdf.mac(kdf.derive(old.stk, kdf.RENEW_PROOF), renew.body())
+    code, reason = code_of(renew.encode())
+    assert code == 11 and reason.startswith("expired: ")
+    # a device whose clock is an hour fast: clock-skew, and the error reply carries server time
+    with pytest.raises(RejectedError) as exc:
+        send(lambda s: dev.auth_request(s, time.time() + 3600, os.urandom(16)))
+    assert exc.value.code == 13
+    with pytest.raises(TesseraError) as err:
+        dev.ticket_reply(exc.value.reply, time.time())
+    assert abs(err.value.server_time - time.time()) < 5
+    # an unknown device and a wrong realm
+    stranger = DeviceClient(core.realm.bundle("nobody-9", [], SECRET), DeviceKey.generate())
+    assert code_of(stranger.register_request(sid, time.time(), os.urandom(16)))[0] == 7
+    other = m.RegisterRequest("other.example", "bad-1", sid, int(time.time()), os.urandom(16), b"\0" * 64)
+    assert code_of(other.encode())[0] == 6
+    # and the server still serves
+    register_and_authenticate(core, dev)
