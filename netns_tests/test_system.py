@@ -117,6 +117,16 @@ def test_link_flap_drops_sessions_and_they_come_back(lab):
     assert rl.status(a)["sessions"]["dev-02"]["session_id"] != first
     assert rl.send(a, "dev-02", "after the flap")["ok"]
     assert rl.wait(lambda: any(m["data"] == "after the flap" for m in rl.inbox(b)), 3)
+    # the agent restarts: its sealed state (0600) brings back LLK and TGT, no new registration
+    rl.stop_agent(c)
+    state = c.dir / "state" / "state"
+    assert state.stat().st_mode & 0o777 == 0o600
+    rl.start_agent(c)
+    assert rl.wait(lambda: rl.peered(c, ["dev-01", "dev-02"]), 15)
+    st = rl.status(c)
+    assert st["registration"]["generation"] == 1 and st["admission"] == "pwd"
+    assert rl.realm.registry.get_device("dev-03").generation == 1
+    assert "state restored (authenticated)" in open(c.agent.log_path).read()
 
 
 def test_sessions_survive_the_server_and_renewal_resumes(lab):
