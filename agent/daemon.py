@@ -32,6 +32,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 
 from tessera.agent.l2 import PacketTransport
 from tessera.agent.link import CarrierWatcher, LinkDown as NetLinkDown, LinkUp as NetLinkUp
@@ -44,6 +45,12 @@ from tessera.node import (Deliver, FrameReceived, LinkDown, LinkUp, Log, Node, P
 from tessera.radius.client import NoServerAnsweredError, RadiusClient, RejectedError, Server, load_dictionary
 
 log = logging.getLogger("tessera.agent")
+
+
+def _where(exc: BaseException) -> str:
+    """`Type at file:line` of the innermost frame: enough to debug, no values."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    return f"{type(exc).__name__} at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else type(exc).__name__
 
 
 def write_private(path: str, data: bytes) -> None:
@@ -97,23 +104,29 @@ class Agent:
     # -- actions ---------------------------------------------------------------------------
     def act(self, actions) -> None:
         for a in actions:
-            if isinstance(a, SendFrame):
-                try:
-                    self.transport.send(a.dst, a.payload)
-                except OSError as exc:  # carrier gone, queue full: the protocol retries
-                    log.debug("send to %s failed: %s", a.dst, exc)
-            elif isinstance(a, Log):
-                log.info("%s %s: %s", self.client.device_id, a.event, a.text)
-            elif isinstance(a, RadiusRequest):
-                threading.Thread(target=self._radius, args=(a,), daemon=True, name=f"radius-{a.op_id}").start()
-            elif isinstance(a, StartAdmission):
-                creds = self.tls if a.method == "tls" else PwdCredentials(a.identity, a.password)
-                self.supplicant.set_credentials(creds, restart=True)
-            elif isinstance(a, Deliver):
-                self.inbox.append((time.time(), a.peer, a.data.decode("utf-8", "replace")))
-                del self.inbox[:-1000]
-            elif isinstance(a, SaveState):
-                write_private(self.state_path, self.client.export_state(os.urandom(12)))
+            try:
+                self._act(a)
+            except Exception as exc:  # one failed action (a dead supplicant socket...) must not stop the agent
+                log.error("%s: %s failed: %s", self.client.device_id, type(a).__name__, _where(exc))
+
+    def _act(self, a) -> None:
+        if isinstance(a, SendFrame):
+            try:
+                self.transport.send(a.dst, a.payload)
+            except OSError as exc:  # carrier gone, queue full: the protocol retries
+                log.debug("send to %s failed: %s", a.dst, exc)
+        elif isinstance(a, Log):
+            log.info("%s %s: %s", self.client.device_id, a.event, a.text)
+        elif isinstance(a, RadiusRequest):
+            threading.Thread(target=self._radius, args=(a,), daemon=True, name=f"radius-{a.op_id}").start()
+        elif isinstance(a, StartAdmission):
+            creds = self.tls if a.method == "tls" else PwdCredentials(a.identity, a.password)
+            self.supplicant.set_credentials(creds, restart=True)
+        elif isinstance(a, Deliver):
+            self.inbox.append((time.time(), a.peer, a.data.decode("utf-8", "replace")))
+            del self.inbox[:-1000]
+        elif isinstance(a, SaveState):
+            write_private(self.state_path, self.client.export_state(os.urandom(12)))
 
     def _radius(self, req: RadiusRequest) -> None:
         client = RadiusClient(self.servers, self.radius_timeout, self.radius_retries, self.dictionary)
@@ -134,8 +147,12 @@ class Agent:
         os.write(self.wake_w, b"r")
 
     def feed(self, event) -> None:
-        with self.lock:
-            actions = self.node.handle(event, time.time())
+        try:
+            with self.lock:
+                actions = self.node.handle(event, time.time())
+        except Exception as exc:  # a bug: log where (never values: they may hold keys) and go on
+            log.error("%s: internal error on %s: %s", self.client.device_id, type(event).__name__, _where(exc))
+            return
         self.act(actions)
 
     # -- status socket -----------------------------------------------------------------------

@@ -320,8 +320,10 @@ class Node:
                 out.append(SaveState())
                 self.next_announce = 0.0
         elif kind == "session":
-            peer = ctx
-            role, mac, _ = self.responding[peer]
+            entry = self.responding.get(ctx)
+            if entry is None:
+                return  # the handshake was dropped meanwhile (link down, timeout)
+            role, mac, _ = entry
             ticket = role.receive_session_reply(reply, t)
             if out is not None:
                 out.append(SendFrame(mac, ticket))
