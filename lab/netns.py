@@ -210,6 +210,7 @@ class Lab:
     procs: list[Proc] = field(default_factory=list)
     closed: bool = False
     owner: int = field(default_factory=os.getpid)
+    cleanups: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.workdir is None:
@@ -296,11 +297,23 @@ class Lab:
         return [p.pid for p in self.procs if p.alive()]
 
     # -- teardown
+    def defer(self, fn) -> None:
+        """Run ``fn()`` first thing in :meth:`close` (last deferred runs first): for parts that
+        start processes of their own (a RadiusServer), so that they stop with the lab."""
+        self.cleanups.append(fn)
+
     def close(self) -> None:
-        """End every process, then delete every namespace this lab created. Idempotent."""
+        """Run deferred cleanups, end every process, then delete every namespace this lab
+        created. Idempotent."""
         if self.closed or self.owner != os.getpid():
             return
         self.closed = True
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 -- the rest of the teardown must still run
+                log.error("cleanup %r failed: %s", fn, exc)
+        self.cleanups.clear()
         for proc in reversed(self.procs):
             stop_process(proc.popen)
         self.procs.clear()

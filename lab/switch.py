@@ -36,9 +36,20 @@ class RadiusServer:
     secret: str = "testing123"
 
 
+DAS_BASE_PORT = 3800  # the DAS (RFC 5176) port of pN's hostapd is DAS_BASE_PORT + N
+
+
 def hostapd_conf(port: str, radius: RadiusServer, ctrl_dir: str, own_ip: str,
-                 nas_identifier: str) -> str:
-    """hostapd.conf for one wired 802.1X authenticator port (pure)."""
+                 nas_identifier: str, das: tuple[int, str, str] | None = None) -> str:
+    """hostapd.conf for one wired 802.1X authenticator port (pure). ``das`` = (port, client
+    address, secret) makes it take Disconnect-Requests from that client."""
+    das_lines = "" if das is None else f"""\
+# RFC 5176 Disconnect-Request from the realm (tessera-admin revoke): deauthenticate the station
+radius_das_port={das[0]}
+radius_das_client={das[1]} {das[2]}
+radius_das_require_event_timestamp=1
+radius_das_require_message_authenticator=1
+"""
     return f"""\
 # hostapd for switch port {port}: wired 802.1X authenticator, RADIUS to {radius.addr}
 interface={port}
@@ -59,7 +70,7 @@ auth_server_port={radius.port}
 auth_server_shared_secret={radius.secret}
 # NAS-Port-Id (87) = this port's name, so the server knows where the device sits
 radius_auth_req_attr=87:s:{port}
-"""
+""" + das_lines
 
 
 @dataclass
@@ -77,8 +88,11 @@ class Switch:
     """Switch namespace with br0, hostapd per port and a port controller."""
 
     def __init__(self, lab: Lab, radius: RadiusServer | None = None, short: str = "sw",
-                 nas_identifier: str = "tessera-lab-switch"):
+                 nas_identifier: str = "tessera-lab-switch", das: tuple[str, str] | None = None):
+        """``das`` = (client address, secret): every port's hostapd takes Disconnect-Requests
+        on DAS_BASE_PORT + its index, and calls itself ``<nas_identifier>-pN``."""
         self.lab = lab
+        self.das = das
         self.radius = radius or RadiusServer()
         self.ns = lab.add_ns(short)
         self.nas_identifier = nas_identifier
@@ -117,8 +131,8 @@ class Switch:
         """Write the port's hostapd.conf and start hostapd; wait for its control socket."""
         conf = os.path.join(self.lab.workdir, f"hostapd-{port}.conf")
         with open(conf, "w") as f:
-            f.write(hostapd_conf(port, self.radius, self.ctrl_dir, SWITCH_MGMT_IP,
-                                 self.nas_identifier))
+            f.write(hostapd_conf(port, self.radius, self.ctrl_dir, SWITCH_MGMT_IP, self.port_nas_identifier(port),
+                                 (self.das_port(port), *self.das) if self.das else None))
         sock = os.path.join(self.ctrl_dir, port)
         if os.path.exists(sock):
             os.unlink(sock)
@@ -132,6 +146,14 @@ class Switch:
         if self.controller is not None and port not in self.controller.state.ports:
             self.controller.add_port(port)
         return proc
+
+    def port_nas_identifier(self, port: str) -> str:
+        """With DAS each port's hostapd is its own NAS (one DAS endpoint each)."""
+        return f"{self.nas_identifier}-{port}" if self.das else self.nas_identifier
+
+    @staticmethod
+    def das_port(port: str) -> int:
+        return DAS_BASE_PORT + int(port.lstrip("p"))
 
     def start_controller(self) -> PortController:
         """Install the nftables table and start enforcing all current ports."""

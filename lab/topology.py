@@ -28,7 +28,7 @@ from tessera.identity import ServerEntry, pem_certificate
 from tessera.lab import radiusd
 from tessera.lab.netns import Lab, Proc
 from tessera.lab.pki import LabPKI, write_file
-from tessera.lab.switch import RADIUS_IP, Device, RadiusServer as RadiusAddr, Switch
+from tessera.lab.switch import RADIUS_IP, SWITCH_MGMT_IP, Device, RadiusServer as RadiusAddr, Switch
 from tessera.realm import Realm, create_kek
 from tessera.service import Policy
 from tessera.sqlite_registry import SQLiteRegistry
@@ -67,12 +67,15 @@ class RealmLab:
             db=self.dir / "registry.db", kek=self.dir / "kek", tls_dir=self.dir / "tls", server_id=SERVER_ID,
             address=RADIUS_IP, port=1812, client_address="203.0.113.0/24")
         self.raddb = radiusd.build_config(self.dir / "raddb", self.cfg)
-        self.switch = Switch(lab, radius=RadiusAddr(RADIUS_IP, self.cfg.port, self.cfg.secret))
+        self.switch = Switch(lab, radius=RadiusAddr(RADIUS_IP, self.cfg.port, self.cfg.secret),
+                             das=(RADIUS_IP, self.cfg.secret))
         self.switch.add_uplink(self.radius_ns)
         self.servers = [ServerEntry(SERVER_ID, RADIUS_IP, self.cfg.port)]
         self.devices: list[LabDevice] = []
         for i in range(1, n_devices + 1):
             dev = self.switch.add_device(i)
+            self.realm.add_nas(self.switch.port_nas_identifier(dev.port), SWITCH_MGMT_IP,
+                               self.switch.das_port(dev.port), self.cfg.secret, self.now)
             lab.add_addr(dev.ns, "eth0", f"203.0.113.{100 + i}/24")
             # The first ARP for the server can leave before the switch opens the port (the
             # controller acts on hostapd's event, the device on its EAP-Success): retry in
@@ -94,6 +97,7 @@ class RealmLab:
         self.controller = self.switch.start_controller()
         self.radius = radiusd.RadiusServer.for_config(self.raddb, self.cfg, run_prefix=("ip", "netns", "exec", self.radius_ns),
                                                       debug=radius_debug)
+        lab.defer(self.close)  # radiusd is not a lab.spawn process: stop it with the lab, also on failure
         self.radius.start()
 
     # -- devices ---------------------------------------------------------------------------
@@ -110,6 +114,12 @@ class RealmLab:
                 raise RuntimeError(f"agent of {d.device_id} did not start; see {d.agent.log_path}")
             time.sleep(0.02)
         return d.agent
+
+    def admin(self, *args: str, check: bool = True):
+        """Run tessera-admin on this realm from the RADIUS server's namespace (where a revocation's
+        Disconnect-Request must come from)."""
+        argv = [str(AGENT.with_name("tessera-admin")), "--db", str(self.dir / "registry.db"), "--kek", str(self.dir / "kek"), *args]
+        return self.lab.run(self.radius_ns, argv, check=check)
 
     def stop_agent(self, d: LabDevice) -> None:
         if d.agent is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -73,7 +74,8 @@ def lab(request):
     if failed:
         dest = FAIL_DIR / request.node.name
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(lab.workdir, dest, ignore_dangling_symlinks=True, symlinks=True)
+        shutil.copytree(lab.workdir, dest, ignore_dangling_symlinks=True, symlinks=True,
+                        ignore=lambda d, names: [n for n in names if stat.S_ISSOCK(os.lstat(os.path.join(d, n)).st_mode)])
         print(f"\nkept pcap and logs of {request.node.name} in {dest}")
     shutil.rmtree(lab.workdir, ignore_errors=True)
     left_ns = [ns for ns in made if ns in list_netns()]

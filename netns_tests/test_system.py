@@ -149,3 +149,19 @@ def test_sessions_survive_the_server_and_renewal_resumes(lab):
     assert rl.send(b, "dev-01", "renewed")["ok"]
     assert rl.wait(lambda: any(m["data"] == "renewed" for m in rl.inbox(a)), 3)
     assert tgt_before <= 16
+
+
+def test_revocation_stops_tickets_and_kicks_the_port(lab):
+    rl = RealmLab(lab, 3)
+    a, b, c = rl.devices
+    up_and_peered(rl, rl.devices)
+    rec = rl.realm.registry.get_device("dev-02")
+    assert (rec.nas_identifier, rec.nas_port_id, rec.calling_station.lower().replace("-", ":")) == \
+        (rl.switch.port_nas_identifier("p2"), "p2", b.dev.mac)
+    out = rl.admin("revoke", "dev-02", "--reason", "stolen").stdout.decode()
+    assert "Disconnect-ACK" in out, out
+    assert rl.wait(lambda: not rl.controller.is_open(b.dev.port), 5)
+    assert not l2_reach(b.dev.ns, a.dev.ns, a.dev.mac) and ping(b.dev.ns, "203.0.113.2") == 0
+    # the others are untouched and keep talking
+    assert rl.send(a, "dev-03", "still here")["ok"]
+    assert rl.wait(lambda: any(m["data"] == "still here" for m in rl.inbox(c)), 3)

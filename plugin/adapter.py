@@ -158,6 +158,23 @@ class Plugin:
             self.log(self.rlm.L_ERR, f"internal error: {_where(exc)}")
             return internal_error_result(self.rlm, self.internal_code)
 
+    def post_auth(self, pairs: Iterable[tuple[str, str]]):
+        """rlm_python3 ``post_auth`` after an accepted 802.1X admission: remember where the device
+        sits (NAS-Identifier, NAS-IP-Address, NAS-Port-Id, Calling-Station-Id) so that revoking
+        it can disconnect it. Never rejects (the admission is decided) and never raises."""
+        try:
+            pairs = tuple(pairs)
+            get = dict(pairs).get
+            device = get("TLS-Client-Cert-Common-Name") or get("User-Name", "")
+            self.service.record_location(device, get("NAS-Identifier", ""), get("NAS-IP-Address", "")
+                                         or get("NAS-IPv6-Address", ""), get("NAS-Port-Id", ""),
+                                         get("Calling-Station-Id", ""), self.clock())
+            self.log(self.rlm.L_INFO, f"{_clean(device)!r} admitted on {_clean(get('NAS-Identifier', '?'))} "
+                                      f"port {_clean(get('NAS-Port-Id', '?'))}")
+        except Exception as exc:  # noqa: BLE001 -- the device is admitted either way
+            self.log(self.rlm.L_ERR, f"could not record the admission: {describe(exc)}")
+        return self.rlm.RLM_MODULE_OK
+
     # -- the steps ------------------------------------------------------------------------
 
     def _reject(self, what: str, device: str, exc: BaseException, error_reply: bytes = b""):

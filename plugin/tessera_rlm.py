@@ -51,6 +51,13 @@ def authorize(pairs):
     return _plugin.authorize(pairs)
 
 
+def post_auth(pairs):
+    """After an accepted 802.1X admission: remember the device's NAS and port (never rejects)."""
+    if _plugin is None:
+        return radiusd.RLM_MODULE_NOOP
+    return _plugin.post_auth(pairs)
+
+
 def detach(_pairs=None):
     """Close the realm on shutdown (and after ``radiusd -C``)."""
     if _plugin is not None:

@@ -131,6 +131,34 @@ def cmd_show(a, now, realm: Realm):
 def cmd_revoke(a, now, realm: Realm):
     realm.revoke(a.device_id, now, a.reason)
     print(f"revoked {a.device_id}: no new tickets from now on")
+    rec = realm.registry.get_device(a.device_id)
+    if a.no_disconnect:
+        return
+    if rec.nas_identifier is None:
+        print(f"  {a.device_id} was never admitted on a port: nothing to disconnect")
+        return
+    nas = realm.nas(rec.nas_identifier)
+    where = f"NAS {rec.nas_identifier} port {rec.nas_port_id or '?'} ({rec.calling_station or '?'})"
+    if nas is None:
+        print(f"  last seen on {where}, which is not configured for Disconnect-Requests "
+              f"(tessera-admin nas add {rec.nas_identifier} ADDRESS --secret S): the port stays open until it re-authenticates")
+        return
+    from tessera.radius.das import disconnect  # RADIUS I/O only when there is someone to tell
+
+    result = disconnect(nas[0], nas[1], nas[2], a.device_id, rec.calling_station)
+    print(f"  Disconnect-Request to {where} at {nas[0]}:{nas[1]}: {result}")
+    if not result.acked:
+        raise RegistryError(f"the device is revoked, but {rec.nas_identifier} did not confirm the disconnect ({result})")
+
+
+def cmd_nas(a, now, realm: Realm):
+    if a.action == "add":
+        host, _, port = a.address.rpartition(":") if ":" in a.address else (a.address, "", "")
+        realm.add_nas(a.name, host or a.address, int(port or 3799), a.secret, now)
+        print(f"NAS {a.name} at {host or a.address}:{int(port or 3799)} takes Disconnect-Requests")
+    else:
+        for name, address, port in realm.registry.list_nas():
+            print(f"  {name:<24} {address}:{port}")
 
 
 def cmd_rotate(a, now, realm: Realm):
@@ -198,6 +226,13 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("revoke", help="revoke a device: no new tickets at once")
     r.add_argument("device_id")
     r.add_argument("--reason", default="")
+    r.add_argument("--no-disconnect", action="store_true",
+                   help="do not send the device's NAS a Disconnect-Request (RFC 5176)")
+    n = sub.add_parser("nas", help="NASes (switches) that take Disconnect-Requests")
+    n.add_argument("action", choices=("add", "list"))
+    n.add_argument("name", nargs="?", help="its NAS-Identifier")
+    n.add_argument("address", nargs="?", help="host[:port], port 3799 by default")
+    n.add_argument("--secret", help="the DAS shared secret")
     sub.add_parser("rotate", help="new service key version")
     sub.add_parser("keys", help="list service key versions (never the keys)")
     au = sub.add_parser("audit", help="show audit events")
@@ -213,11 +248,14 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"enrol": cmd_enrol, "bundle": cmd_bundle, "list": cmd_list, "show": cmd_show, "revoke": cmd_revoke,
             "rotate": cmd_rotate, "keys": cmd_keys, "audit": cmd_audit, "trust-ca": cmd_trust_ca,
-            "export-ca": cmd_export_ca}
+            "export-ca": cmd_export_ca, "nas": cmd_nas}
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    p = parser()
+    a = p.parse_args(argv)
+    if a.cmd == "nas" and a.action == "add" and not (a.name and a.address and a.secret):
+        p.error("nas add needs NAME ADDRESS --secret S")
     now = time.time()
     try:
         if a.cmd == "init":

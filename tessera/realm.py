@@ -82,11 +82,14 @@ class Realm:
         registry.set_meta("realm", name.encode())
         return cls(registry, kek, random)
 
+    def _meta_sealer(self) -> Sealer:
+        return Sealer(kdf.derive(self._kek, kdf.KEYRING_AT_REST, b"meta"))
+
     def _open_meta(self, key: str) -> bytes:
         sealed = self.registry.get_meta(key)
         if sealed is None:
             raise RegistryError(f"the registry lacks {key}")
-        return Sealer(kdf.derive(self._kek, kdf.KEYRING_AT_REST, b"meta")).open(sealed, key.encode())
+        return self._meta_sealer().open(sealed, key.encode())
 
     def _load_keyring(self) -> KeyRing:
         keys = [ServiceKey(kvno, servicekey.open_at_rest(self._kek, self.name, kvno, sealed), created, retire)
@@ -170,6 +173,20 @@ class Realm:
         self.registry.set_meta("trusted_cas", old + pem_certificate(cert))
         self.registry.add_audit(AuditEvent(int(now), "ca-trusted", None, cert.subject.rfc4514_string()))
         return cert
+
+    def add_nas(self, name: str, address: str, port: int, secret: str, now: float) -> None:
+        """A NAS (switch) that takes RFC 5176 Disconnect-Requests; the secret is sealed under the KEK."""
+        if not name or not address or not (0 < port < 65536) or not secret:
+            raise MalformedError("a NAS needs a name (its NAS-Identifier), an address, a port and a secret")
+        sealed = self._meta_sealer().seal(self.random(12), secret.encode(), b"nas\x00" + name.encode())
+        self.registry.put_nas(name, address, port, sealed, AuditEvent(int(now), "nas-added", None, f"{name} at {address}:{port}"))
+
+    def nas(self, name: str) -> tuple[str, int, str] | None:
+        """(address, port, secret) of the NAS with this NAS-Identifier, if known."""
+        row = self.registry.get_nas(name)
+        if row is None:
+            return None
+        return row[0], row[1], self._meta_sealer().open(row[2], b"nas\x00" + name.encode()).decode()
 
     def revoke(self, device_id: str, now: float, reason: str = "") -> None:
         self.registry.set_state(device_id, DeviceState.REVOKED, int(now),

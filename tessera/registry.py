@@ -5,6 +5,9 @@ it on SQLite (the embedded default). The interface is made of single-row reads b
 transactions with compare-and-set on the registration generation, so a PostgreSQL
 implementation shared by several RADIUS servers fits behind it unchanged.
 
+It also knows where each device was last admitted (NAS, port, MAC) and the NASes that accept
+RFC 5176 Disconnect-Requests, so that revoking a device also kicks it off its port.
+
 Device states (claims 5-7): ENROLLED (the operator named the device) → REGISTERED (it proved
 its key and holds a DRT) → REVOKED (no new tickets, ever; the port is kicked). The registry
 keeps the DRT's service part (the LLK sealed under the service key) so a server can derive the
@@ -38,6 +41,12 @@ class DeviceRecord:
     registered_at: int | None = None
     registration_not_after: int | None = None
     sealed_drt: bytes | None = None
+    # where 802.1X last admitted it (from the Access-Request), so a revocation can kick the port
+    nas_identifier: str | None = None
+    nas_address: str | None = None
+    nas_port_id: str | None = None
+    calling_station: str | None = None
+    located_at: int | None = None
 
 
 @dataclass
@@ -66,6 +75,18 @@ class Registry(Protocol):
         """Store a registration if the generation is still `expect_generation` (compare-and-set)."""
 
     def set_state(self, device_id: str, state: DeviceState, now: int, event: AuditEvent) -> None: ...
+
+    def record_location(self, device_id: str, nas_identifier: str, nas_address: str, nas_port_id: str,
+                        calling_station: str, now: int) -> bool:
+        """Remember where the device was last admitted; False if it is not enrolled."""
+
+    def put_nas(self, name: str, address: str, port: int, sealed_secret: bytes, event: AuditEvent) -> None:
+        """Add or replace a NAS that accepts Disconnect-Requests (RFC 5176)."""
+
+    def get_nas(self, name: str) -> tuple[str, int, bytes] | None:
+        """(address, port, sealed secret) of a NAS by its NAS-Identifier."""
+
+    def list_nas(self) -> list[tuple[str, str, int]]: ...
 
     def list_devices(self) -> list[DeviceRecord]: ...
 

@@ -248,6 +248,15 @@ class Service:
             raise RevokedError(f"device {rec.device_id} is revoked")
         return rec.device_id
 
+    def record_location(self, device_id: str, nas_identifier: str, nas_address: str, nas_port_id: str,
+                        calling_station: str, now: float) -> None:
+        """After an 802.1X admission: remember the NAS, port and MAC, so that revoking the device
+        can send that NAS a Disconnect-Request (RFC 5176)."""
+        check_device_id(device_id)
+        if not self.registry.record_location(device_id, nas_identifier[:64], nas_address[:64], nas_port_id[:64],
+                                             calling_station[:64], int(now)):
+            raise UnknownDeviceError(f"device {device_id} is not enrolled in {self.realm}")
+
     def eap_pwd_password(self, device_id: str, now: float) -> str:
         """EAP-PWD password for a registered device, derived from its LLK (which the registry
         holds only inside the sealed DRT). The device derives the same from its own LLK."""

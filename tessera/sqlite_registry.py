@@ -26,7 +26,12 @@ CREATE TABLE IF NOT EXISTS device (
     registration_not_after INTEGER,
     sealed_drt BLOB,
     created INTEGER NOT NULL,
-    updated INTEGER NOT NULL
+    updated INTEGER NOT NULL,
+    nas_identifier TEXT,
+    nas_address TEXT,
+    nas_port_id TEXT,
+    calling_station TEXT,
+    located_at INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS device_cert ON device (cert_issuer, cert_serial)
     WHERE cert_serial IS NOT NULL;
@@ -46,15 +51,22 @@ CREATE TABLE IF NOT EXISTS service_key (
     retire_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS nas (
+    name TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    secret BLOB NOT NULL
+);
 """
 
 _COLUMNS = ("device_id, public_key, state, enrolled_by, created, updated, cert_issuer, cert_serial, "
-            "generation, registered_at, registration_not_after, sealed_drt")
+            "generation, registered_at, registration_not_after, sealed_drt, "
+            "nas_identifier, nas_address, nas_port_id, calling_station, located_at")
 
 
 def _record(row) -> DeviceRecord:
     return DeviceRecord(row[0], bytes(row[1]), DeviceState(row[2]), row[3], row[4], row[5], row[6], row[7],
-                        row[8], row[9], row[10], bytes(row[11]) if row[11] is not None else None)
+                        row[8], row[9], row[10], bytes(row[11]) if row[11] is not None else None, *row[12:17])
 
 
 class SQLiteRegistry:
@@ -131,10 +143,11 @@ class SQLiteRegistry:
     def add_device(self, record: DeviceRecord, event: AuditEvent) -> None:
         r = record
         try:
-            self._tx([(f"INSERT INTO device ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            self._tx([(f"INSERT INTO device ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (r.device_id, r.public_key, r.state.value, r.enrolled_by, r.created, r.updated,
                         r.cert_issuer, r.cert_serial.lower() if r.cert_serial else None, r.generation,
-                        r.registered_at, r.registration_not_after, r.sealed_drt))], event)
+                        r.registered_at, r.registration_not_after, r.sealed_drt, r.nas_identifier,
+                        r.nas_address, r.nas_port_id, r.calling_station, r.located_at))], event)
         except sqlite3.IntegrityError as exc:
             raise RegistryError(f"device {r.device_id} (or its certificate) is already enrolled") from exc
 
@@ -152,6 +165,25 @@ class SQLiteRegistry:
                           (state.value, now, device_id))], event, require_one=True)
         if n != 1:
             raise RegistryError(f"device {device_id} is not enrolled")
+
+    def record_location(self, device_id, nas_identifier, nas_address, nas_port_id, calling_station, now) -> bool:
+        (n,) = self._tx([("UPDATE device SET nas_identifier = ?, nas_address = ?, nas_port_id = ?, "
+                          "calling_station = ?, located_at = ? WHERE device_id = ?",
+                          (nas_identifier, nas_address, nas_port_id, calling_station, now, device_id))],
+                        None, require_one=True)
+        return n == 1
+
+    def put_nas(self, name: str, address: str, port: int, sealed_secret: bytes, event: AuditEvent) -> None:
+        self._tx([("INSERT INTO nas (name, address, port, secret) VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE "
+                   "SET address = excluded.address, port = excluded.port, secret = excluded.secret",
+                   (name, address, port, sealed_secret))], event)
+
+    def get_nas(self, name: str) -> tuple[str, int, bytes] | None:
+        row = self._db.execute("SELECT address, port, secret FROM nas WHERE name = ?", (name,)).fetchone()
+        return (row[0], row[1], bytes(row[2])) if row else None
+
+    def list_nas(self) -> list[tuple[str, str, int]]:
+        return [tuple(r) for r in self._db.execute("SELECT name, address, port FROM nas ORDER BY name")]
 
     def add_audit(self, event: AuditEvent) -> None:
         self._tx([], event)
