@@ -84,6 +84,12 @@ def comment_out(text: str, key: str) -> str:
     return re.sub(rf"^(\s*)({re.escape(key)}\s*=)", r"\1#\2", text, flags=re.M)
 
 
+def suppress_secrets(radiusd_conf: str) -> str:
+    """Turn on ``security { suppress_secrets = yes }``: debug output shows ``<<< secret >>>``
+    instead of attributes FreeRADIUS marks secret (Debian ships it commented out)."""
+    return re.sub(r"^(\s*)#\s*suppress_secrets\s*=\s*no\s*$", r"\1suppress_secrets = yes", radiusd_conf, count=1, flags=re.M)
+
+
 def _edit(path: Path, **options: str) -> None:
     text = path.read_text()
     for key, value in options.items():
@@ -159,6 +165,7 @@ def build_config(directory: Path, cfg: RadiusConfig) -> Path:
     # Debian delays every Access-Reject by 1 s (against password guessing, which Tessera's
     # signed/MACed proofs do not allow); tests and benchmarks want the answer at once.
     text = set_option(text, "reject_delay", str(cfg.reject_delay))
+    text = suppress_secrets(text)
     conf.write_text(text)
     for sub in ("log", "log/radacct", "run"):
         (raddb / sub).mkdir(exist_ok=True)

@@ -31,7 +31,7 @@ from typing import Callable
 
 from . import message as m
 from .device import DeviceClient, State
-from .errors import ClockSkewError, TesseraError
+from .errors import ClockSkewError, RevokedError, StateError, TesseraError, UnknownDeviceError
 from .peer import Channel, PeerInitiator, PeerResponder, PeerState
 from .record import session_id_of
 
@@ -211,8 +211,6 @@ class Node:
         """Protect application data for a peer (raises StateError if there is no session)."""
         s = self.sessions.get(peer)
         if s is None or s.channel.expired(now + self.offset):
-            from .errors import StateError
-
             raise StateError(f"no session with {peer}")
         s.frames_out += 1
         return [SendFrame(self.neighbours[peer].mac, s.channel.seal(data))]
@@ -334,7 +332,7 @@ class Node:
             self.retry_at = t if retry_now else t + self.backoff
             if not retry_now:
                 self.backoff = min(self.backoff * 2, self.timers.retry_max)
-            if exc.code in (7, 8):  # unknown device / revoked: the realm will not talk to us
+            if isinstance(exc, (UnknownDeviceError, RevokedError)):  # the realm will not talk to us
                 self.client.registration = self.client.credentials = None
                 self.client.state = State.ENROLLED
             out.append(Log(f"{kind}-failed", f"{exc}; retry in {self.retry_at - t:.0f} s"))
