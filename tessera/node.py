@@ -476,6 +476,11 @@ class Node:
         if creds is not None and t < creds.not_after and t >= self.next_announce:
             out.append(SendFrame(BROADCAST, m.PeerAnnounce(self.client.realm, self.device_id, self.epoch).encode()))
             self.next_announce = t + self.timers.announce_every
+        if creds is not None and t < creds.not_after:
+            # neighbours heard before we held a TGT (or after a failed try): ours to start
+            for peer in self.neighbours:
+                if self.device_id < peer and peer not in self.sessions:
+                    self._initiate(peer, t, out)
         for peer, (_, started) in list(self.initiating.items()):
             if t - started > self.timers.handshake_timeout:
                 del self.initiating[peer]
