@@ -35,7 +35,6 @@ from tessera.sqlite_registry import SQLiteRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT = REPO / ".venv" / "bin" / "tessera-agent"
-SERVER_ID = "radius1"
 
 
 @dataclass
@@ -55,7 +54,9 @@ class RealmLab:
 
     def __init__(self, lab: Lab, n_devices: int = 3, now: float | None = None, realm_name: str = "lab.example",
                  policy: Policy = Policy(), radius_debug: bool = False, capture: bool = True,
-                 enrol: int | None = None):
+                 enrol: int | None = None, servers: int = 1):
+        """`servers` RADIUS servers of the realm (at 203.0.113.2, .3, …, ids radius1, radius2, …)
+        share the registry and the KEK; devices fail over in that order, hostapd uses the first."""
         self.lab = lab
         self.now = time.time() if now is None else now
         self.dir = Path(lab.workdir)
@@ -63,14 +64,19 @@ class RealmLab:
                                 realm_name, self.now, policy)
         LabPKI(self.realm.ca).install_server_files(self.dir / "tls", "radius.lab.example", self.now)
         self.radius_ns = lab.add_ns("radius")
-        self.cfg = radiusd.RadiusConfig(
-            db=self.dir / "registry.db", kek=self.dir / "kek", tls_dir=self.dir / "tls", server_id=SERVER_ID,
-            address=RADIUS_IP, port=1812, client_address="203.0.113.0/24")
-        self.raddb = radiusd.build_config(self.dir / "raddb", self.cfg)
+        self.cfgs = [radiusd.RadiusConfig(
+            db=self.dir / "registry.db", kek=self.dir / "kek", tls_dir=self.dir / "tls", server_id=f"radius{i + 1}",
+            address=f"203.0.113.{2 + i}", port=1812, client_address="203.0.113.0/24") for i in range(servers)]
+        self.cfg = self.cfgs[0]
+        raddbs = [radiusd.build_config(self.dir / f"raddb{i + 1}" if i else self.dir / "raddb", c)
+                  for i, c in enumerate(self.cfgs)]
+        self.raddb = raddbs[0]
         self.switch = Switch(lab, radius=RadiusAddr(RADIUS_IP, self.cfg.port, self.cfg.secret),
                              das=(RADIUS_IP, self.cfg.secret))
         self.switch.add_uplink(self.radius_ns)
-        self.servers = [ServerEntry(SERVER_ID, RADIUS_IP, self.cfg.port)]
+        for c in self.cfgs[1:]:
+            lab.add_addr(self.radius_ns, "eth0", f"{c.address}/24")
+        self.servers = [ServerEntry(c.server_id, c.address, c.port) for c in self.cfgs]
         self.devices: list[LabDevice] = []
         for i in range(1, n_devices + 1):
             dev = self.switch.add_device(i)
@@ -95,10 +101,12 @@ class RealmLab:
         if capture:
             lab.spawn("tcpdump", self.switch.ns, ["tcpdump", "-q", "-n", "-U", "-i", "br0", "-w", str(self.pcap)])
         self.controller = self.switch.start_controller()
-        self.radius = radiusd.RadiusServer.for_config(self.raddb, self.cfg, run_prefix=("ip", "netns", "exec", self.radius_ns),
-                                                      debug=radius_debug)
+        self.radii = [radiusd.RadiusServer.for_config(r, c, run_prefix=("ip", "netns", "exec", self.radius_ns),
+                                                      debug=radius_debug) for r, c in zip(raddbs, self.cfgs)]
+        self.radius = self.radii[0]
         lab.defer(self.close)  # radiusd is not a lab.spawn process: stop it with the lab, also on failure
-        self.radius.start()
+        for r in self.radii:
+            r.start()
 
     # -- devices ---------------------------------------------------------------------------
     def set_carrier(self, d: LabDevice, up: bool) -> None:
@@ -154,4 +162,5 @@ class RealmLab:
         for d in self.devices:
             self.stop_agent(d)
         self.switch.close()
-        self.radius.stop()
+        for r in self.radii:
+            r.stop()

@@ -165,3 +165,18 @@ def test_revocation_stops_tickets_and_kicks_the_port(lab):
     # the others are untouched and keep talking
     assert rl.send(a, "dev-03", "still here")["ok"]
     assert rl.wait(lambda: any(m["data"] == "still here" for m in rl.inbox(c)), 3)
+
+
+def test_agents_follow_server_failover(lab):
+    """Two servers of one realm share the registry; with the first one down, renewals and new
+    session keys come from the second (each proof rebuilt for the server it goes to)."""
+    rl = RealmLab(lab, 2, servers=2, policy=Policy(tgt_lifetime=16, session_lifetime=16))
+    a, b = rl.devices
+    up_and_peered(rl, rl.devices)
+    first = rl.status(a)["sessions"]["dev-02"]["session_id"]
+    rl.radii[0].stop()
+    # renewal falls due 12 s into the TGT's 16 s, the session rekeys 4 s before its end
+    assert rl.wait(lambda: (rl.status(a)["tgt"] or {}).get("expires_in", 0) > 12 and
+                   rl.status(a)["sessions"].get("dev-02", {}).get("session_id", first) != first, 25), rl.status(a)
+    assert rl.send(b, "dev-01", "via radius2")["ok"]
+    assert rl.wait(lambda: any(m["data"] == "via radius2" for m in rl.inbox(a)), 3)
