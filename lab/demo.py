@@ -27,10 +27,10 @@ LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) tessera\.agent (\S+?):? (.*)$
 class LogFollower:
     """Prints new agent log lines, in time order, relative to link-up."""
 
-    def __init__(self, paths: list[str], t0_wall: float, out=sys.stdout):
+    def __init__(self, paths: list[str], t0_wall: float, out=None):
         self.paths = {p: 0 for p in paths}
         self.t0 = t0_wall
-        self.out = out
+        self.out = out or sys.stdout
 
     def _rel(self, h: str, m: str, s: str, ms: str) -> float:
         lt = time.localtime(self.t0)
