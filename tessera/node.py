@@ -196,6 +196,8 @@ class Node:
             self._link_up(t, out)
         elif isinstance(event, LinkDown):
             self._link_down(out, "carrier lost")
+        elif isinstance(event, (PortAuthorized, PortRejected)) and self.port is not Port.ADMITTING:
+            out.append(Log("admission", f"late EAP result ignored: the port is {self.port.value}"))
         elif isinstance(event, PortAuthorized):
             self._authorized(event, t, out)
         elif isinstance(event, PortRejected):

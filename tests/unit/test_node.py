@@ -186,3 +186,11 @@ def test_revoked_and_unenrolled_devices_stay_locked_out(net, realm):
     net.run(seconds=5)
     assert ghost.port is Port.BLOCKED and net.nodes["SN-C"].port is Port.BLOCKED
     assert sessions(net)["SN-A"] == ["SN-B"]
+
+
+def test_a_late_eap_result_does_not_open_a_port_that_is_down(net):
+    from tessera.node import Log
+
+    node = net.nodes["SN-A"]
+    acts = node.handle(PortAuthorized("tls"), net.now)
+    assert node.port is Port.DOWN and any(isinstance(a, Log) and "ignored" in a.text for a in acts)
