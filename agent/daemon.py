@@ -160,16 +160,23 @@ class Agent:
         try:
             conn.settimeout(2)
             req = json.loads(conn.recv(65536) or b"{}")
+            if not isinstance(req, dict):
+                raise ValueError("a request is a JSON object")
             cmd = req.get("cmd")
             with self.lock:
                 if cmd == "status":
                     out = self.node.status(time.time())
                 elif cmd == "send":
-                    try:
-                        acts = self.node.send(str(req["peer"]), str(req["data"]).encode(), time.time())
-                        out = {"ok": True}
-                    except TesseraError as exc:
-                        acts, out = [], {"ok": False, "error": exc.reason}
+                    peer, data = req.get("peer"), req.get("data")
+                    if not isinstance(peer, str) or not isinstance(data, str):
+                        acts, out = [], {"ok": False, "error": "send needs \"peer\" and \"data\" strings"}
+                    elif peer not in self.node.neighbours:
+                        acts, out = [], {"ok": False, "error": f"{peer} is not a neighbour"}
+                    else:
+                        try:
+                            acts, out = self.node.send(peer, data.encode(), time.time()), {"ok": True}
+                        except TesseraError as exc:
+                            acts, out = [], {"ok": False, "error": exc.reason}
                 elif cmd == "inbox":
                     out, self.inbox = [{"time": t, "peer": p, "data": d} for t, p, d in self.inbox], []
                 elif cmd == "stop":

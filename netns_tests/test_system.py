@@ -134,7 +134,6 @@ def test_sessions_survive_the_server_and_renewal_resumes(lab):
     rl = RealmLab(lab, 2, policy=Policy(tgt_lifetime=16, session_lifetime=16))
     a, b = rl.devices
     up_and_peered(rl, rl.devices)
-    tgt_before = rl.status(a)["tgt"]["expires_in"]
     rl.radius.stop()
     time.sleep(1)
     assert rl.send(a, "dev-02", "without the service")["ok"]
@@ -148,7 +147,6 @@ def test_sessions_survive_the_server_and_renewal_resumes(lab):
     assert rl.wait(lambda: rl.peered(a, ["dev-02"]) and rl.peered(b, ["dev-01"]), 20)
     assert rl.send(b, "dev-01", "renewed")["ok"]
     assert rl.wait(lambda: any(m["data"] == "renewed" for m in rl.inbox(a)), 3)
-    assert tgt_before <= 16
 
 
 def test_revocation_stops_tickets_and_kicks_the_port(lab):

@@ -166,7 +166,10 @@ class Realm:
 
     def trust_ca(self, cert_pem: bytes, now: float) -> x509.Certificate:
         cert = load_certificate(cert_pem)
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value if cert.extensions else None
+        try:
+            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            bc = None
         if bc is None or not bc.ca:
             raise CertificateError("not a CA certificate")
         old = self.registry.get_meta("trusted_cas") or b""

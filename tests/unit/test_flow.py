@@ -202,3 +202,25 @@ def test_eap_hooks(realm, service, rand, three):
     realm.revoke("SN-A", T0)
     with pytest.raises(E.RevokedError):
         service.eap_pwd_password("SN-A", T0)
+
+
+def test_trust_ca_refuses_what_is_not_a_ca(realm):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    from tessera.identity import DeviceKey, pem_certificate
+
+    key = DeviceKey.generate().private_key
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "no extensions")])
+    start = dt.datetime.fromtimestamp(T0, dt.timezone.utc)
+    bare = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(start + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    with pytest.raises(E.CertificateError):
+        realm.trust_ca(pem_certificate(bare), T0)
+    leaf = realm.ca.issue_device_certificate("SN-LEAF", key.public_key(), T0)
+    with pytest.raises(E.CertificateError):
+        realm.trust_ca(pem_certificate(leaf), T0)
