@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "netns_tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tessera.agent.link import CarrierWatcher  # noqa: E402
 from tessera.agent.supplicant import follow_carrier  # noqa: E402
@@ -28,7 +28,7 @@ from tessera.lab.netns import Lab, sh  # noqa: E402
 
 
 def run(n: int, settle: float) -> list[float]:
-    from testbed import Testbed
+    from netns_tests.testbed import Testbed
     with Lab() as lab:
         tb = Testbed(lab, n)
         stop = threading.Event()

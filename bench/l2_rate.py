@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "netns_tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tessera.agent.l2 import PacketTransport  # noqa: E402
@@ -108,7 +107,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=30.0)
     args = ap.parse_args()
-    from testbed import Testbed
+    from netns_tests.testbed import Testbed
     with Lab() as lab:
         tb = Testbed(lab, 2)
         try:

@@ -22,13 +22,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from tessera.lab.netns import Lab, list_netns  # noqa: E402
 
 FAIL_DIR = Path("/tmp/tessera-netns-failures")
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root")
+from tests.gate import LAB_PARTS, needs_lab, needs_root, require  # noqa: E402,F401 -- re-exported for the tests
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -54,8 +52,7 @@ def _pid_gone(pid: int) -> bool:
 @pytest.fixture
 def lab(request):
     """A Lab for one test; torn down and checked for leftovers afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("namespace tests need root")
+    require(*LAB_PARTS)
     lab = Lab()
     pids: list[int] = []
     orig_spawn = lab.spawn
@@ -89,7 +86,7 @@ def lab(request):
 @pytest.fixture
 def make_testbed(lab):
     """Factory: ``make_testbed(n)`` -> Testbed with n devices (closed at teardown)."""
-    from testbed import Testbed
+    from netns_tests.testbed import Testbed
     made = []
 
     def make(n: int, **kw):

@@ -7,7 +7,9 @@ import pytest
 from tessera.lab import demo
 from tessera.lab.netns import list_netns
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespace tests need root")
+from tests.gate import needs_lab  # noqa: E402
+
+pytestmark = needs_lab
 
 
 def test_lab_demo_admits_peers_and_leaves_nothing(tmp_path, capsys):

@@ -14,7 +14,9 @@ from tessera.lab.probe import l2_reach, ping
 from tessera.lab.topology import RealmLab
 from tessera.service import Policy
 
-pytestmark = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="namespace tests need root")
+from tests.gate import needs_lab  # noqa: E402
+
+pytestmark = needs_lab
 
 
 def up_and_peered(rl: RealmLab, devices, timeout: float = 20.0) -> None:

@@ -20,16 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from tessera.lab import radiusd
 from tessera.lab.pki import LabPKI
-from tessera.radius.client import RadiusClient, Server
+
+from tests.gate import require
+from tests.server.realserver import make_server
 
 HERE = Path(__file__).resolve().parent
-SECRET = "tessera-test-secret"
-DEBUG = os.environ.get("TESSERA_RADIUSD_DEBUG") == "1"
-
-needs_freeradius = pytest.mark.skipif(shutil.which("freeradius") is None or os.geteuid() != 0,
-                                      reason="needs Debian's freeradius and root")
 
 
 @pytest.fixture(scope="session")
@@ -67,52 +63,9 @@ def stub_db(devices, tmp_path_factory) -> Path:
     return db
 
 
-class RunningServer:
-    """What a test needs to talk to a started server."""
-
-    def __init__(self, server: radiusd.RadiusServer, cfg: radiusd.RadiusConfig):
-        self.proc, self.cfg = server, cfg
-        self.address, self.port, self.secret = cfg.address, cfg.port, cfg.secret
-
-    def client(self, secret: str | None = None, **kw) -> RadiusClient:
-        kw.setdefault("timeout", 1.0)
-        kw.setdefault("retries", 0)
-        srv = Server(self.cfg.server_id, self.address, self.port, (secret or self.secret).encode())
-        return RadiusClient([srv], **kw)
-
-    def server_entry(self, secret: str | None = None) -> Server:
-        return Server(self.cfg.server_id, self.address, self.port, (secret or self.secret).encode())
-
-
-def make_server(directory: Path, **cfg_kw):
-    """Context manager: build, check and start a server; stop it by PID and assert it is gone."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def run():
-        cfg = radiusd.RadiusConfig(secret=SECRET, **cfg_kw)
-        raddb = radiusd.build_config(directory / "raddb", cfg)
-        radiusd.check_config(raddb)
-        server = radiusd.RadiusServer.for_config(raddb, cfg, debug=DEBUG)
-        try:
-            server.start()
-            yield RunningServer(server, cfg)
-        except BaseException:
-            print(server._tail(80))
-            raise
-        finally:
-            server.stop()
-            pid = server.pid
-            assert not server.running(), "radiusd still running after stop()"
-            assert pid is None or not Path(f"/proc/{pid}").exists(), f"radiusd {pid} left behind"
-
-    return run()
-
-
 @pytest.fixture(scope="module")
 def stub_server(tmp_path_factory, tls_dir, stub_db):
-    if shutil.which("freeradius") is None or os.geteuid() != 0:
-        pytest.skip("needs Debian's freeradius and root")
+    require("root", "freeradius", "radclient")
     directory = tmp_path_factory.mktemp("radius")
     kek = directory / "kek"
     kek.write_bytes(b"unused by the stub")

@@ -6,8 +6,8 @@ realm) must admit it; EAP-PWD: the registry supplies the password of a registere
 
 import pytest
 
-from conftest import needs_freeradius
-from eapol import eapol_test, pwd_network, tls_network
+from tests.gate import needs_freeradius
+from tests.server.eapol import eapol_test, pwd_network, tls_network
 
 pytestmark = needs_freeradius
 

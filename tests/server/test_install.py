@@ -20,7 +20,7 @@ from tessera.identity import DeviceKey, ServerEntry
 from tessera.lab import radiusd
 from tessera.radius.client import RadiusClient, Server
 
-from conftest import needs_freeradius
+from tests.gate import needs_freeradius
 
 pytestmark = needs_freeradius
 REPO = Path(__file__).resolve().parents[2]

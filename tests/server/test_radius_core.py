@@ -18,8 +18,9 @@ from tessera.realm import Realm, create_kek
 from tessera.radius.client import RadiusClient, RejectedError
 from tessera.sqlite_registry import SQLiteRegistry
 
-from conftest import SECRET, make_server, needs_freeradius
-from eapol import eapol_test, pwd_network, tls_network
+from tests.gate import needs_freeradius
+from tests.server.eapol import eapol_test, pwd_network, tls_network
+from tests.server.realserver import SECRET, make_server
 
 pytestmark = needs_freeradius
 REALM = "lab.example"

@@ -14,7 +14,7 @@ from pyrad import packet
 
 from tessera.radius.client import NoServerAnsweredError, RejectedError
 
-from conftest import needs_freeradius
+from tests.gate import needs_freeradius
 
 pytestmark = needs_freeradius
 
@@ -124,13 +124,10 @@ def test_radius_radclient_interoperates(stub_server):
 
 
 def test_radius_load_generator_gets_every_answer(stub_server):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    import radius_load
+    from bench import radius_load
 
     server = stub_server.server_entry()
     requests = [("bench", b"TSR1" + i.to_bytes(4, "big")) for i in range(600)]
     result = radius_load.run_load(server, radius_load.prebuild(server, requests), stub_server.proc.pid, 64)
     assert (result.accepted, result.lost) == (600, 0)
-    assert result.server_cpu is not None and result.server_cpu >= 0
+    assert result.server_cpu is not None and result.server_cpu > 0  # 600 answers cost radiusd CPU
