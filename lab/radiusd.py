@@ -1,11 +1,21 @@
 """A private FreeRADIUS for tests, the lab and benchmarks: build a config directory, run it.
 
-How this works: ``build_config`` does what an operator does to install Tessera, but into a
-directory of its own: copy Debian's ``/etc/freeradius/3.0``, keep only Tessera's sites
-(``tessera``, ``tessera-check-eap-tls``, ``tessera-eap-pwd``; Debian's ``default`` and
-``inner-tunnel`` would listen on the real ports), add the ``tessera`` and ``tessera_eap``
-modules from ``configs/freeradius``, the dictionary lines, the EAP-TLS files, one client with
-``require_message_authenticator = yes``, and point ``logdir``/``run_dir`` into the directory.
+How this works: ``build_config`` writes a complete, self-contained config directory from this
+repository alone -- never from the machine's ``/etc/freeradius/3.0``, which an operator changes
+(Tessera installed there, sites disabled, clients added, ``radiusd.conf`` edited) and which the
+private server must not depend on. The tree holds:
+
+- ``radiusd.conf`` (``RADIUSD_CONF`` below: Debian's defaults for the server core, with
+  ``logdir``/``run_dir`` in the directory, no proxying, ``suppress_secrets = yes``);
+- ``dictionary``: ``$INCLUDE`` of the packaged ``/usr/share/freeradius/dictionary`` (package
+  data, not configuration) plus Tessera's block from ``configs/freeradius/dictionary``;
+- the ``tessera`` and ``tessera_eap`` modules and Tessera's three sites from
+  ``configs/freeradius``, ``always`` (the ``reject``/``ok`` the sites call) -- the only modules
+  and sites enabled -- the EAP-TLS files, and one client with
+  ``require_message_authenticator = yes``.
+
+From the system it takes only what the Debian packages own and no operator edits: the module
+libraries in ``/usr/lib/freeradius`` and the dictionaries in ``/usr/share/freeradius``.
 ``check_config`` runs ``freeradius -XC -d DIR``.
 
 ``RadiusServer`` starts ``freeradius -f -d DIR`` (``-X`` for debugging), optionally behind a
@@ -31,10 +41,92 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "freeradius"
 DICTIONARY = REPO / "radius" / "dictionary.tessera"
-DEBIAN_RADDB = Path("/etc/freeradius/3.0")
+SYSTEM_DICTIONARY = Path("/usr/share/freeradius/dictionary")  # package data, not a conffile
 FREERADIUS = "freeradius"
 TESSERA_SITES = ("tessera", "tessera-check-eap-tls", "tessera-eap-pwd")
 TESSERA_MODS = ("tessera", "tessera_eap")
+
+
+# The server core's settings: Debian 3.2's radiusd.conf defaults, without its proxy.conf,
+# policy.d and mods-enabled (nothing in Tessera's sites uses them). @DIR@ and @SECURITY@ are
+# filled in by build_config.
+RADIUSD_CONF = """\
+# radiusd.conf -- a private FreeRADIUS for Tessera's tests and lab (made by tessera.lab.radiusd).
+prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = ${exec_prefix}/sbin
+logdir = @DIR@/log
+raddbdir = @DIR@
+radacctdir = ${logdir}/radacct
+name = freeradius
+confdir = ${raddbdir}
+modconfdir = ${confdir}/mods-config
+certdir = ${confdir}/certs
+cadir = ${confdir}/certs
+run_dir = @DIR@/run
+db_dir = ${raddbdir}
+libdir = /usr/lib/freeradius
+pidfile = ${run_dir}/${name}.pid
+max_request_time = 30
+cleanup_delay = 5
+max_requests = 16384
+hostname_lookups = no
+
+log {
+	destination = files
+	colourise = no
+	file = ${logdir}/radius.log
+	syslog_facility = daemon
+	stripped_names = no
+	auth = no
+	auth_badpass = no
+	auth_goodpass = no
+}
+
+checkrad = ${sbindir}/checkrad
+
+security {
+@SECURITY@
+	allow_core_dumps = no
+	max_attributes = 200
+	# Debian delays every Access-Reject by 1 s (against password guessing, which Tessera's
+	# signed/MACed proofs do not allow); tests and benchmarks want the answer at once.
+	reject_delay = @REJECT_DELAY@
+	status_server = yes
+	# Debug output shows <<< secret >>> for attributes FreeRADIUS marks secret.
+	suppress_secrets = yes
+}
+
+# No proxying: no proxy listener on a random port.
+proxy_requests = no
+
+$INCLUDE clients.conf
+
+thread pool {
+	start_servers = 5
+	max_servers = 32
+	min_spare_servers = 3
+	max_spare_servers = 10
+	max_requests_per_server = 0
+	auto_limit_acct = no
+}
+
+modules {
+	$INCLUDE mods-enabled/
+}
+
+instantiate {
+}
+
+$INCLUDE sites-enabled/
+"""
+
+
+# The rcode modules Tessera's sites call (``reject``, ``ok``, ...): Debian's mods-available/always.
+ALWAYS_MODULE = "".join(f"always {rc} {{\n\trcode = {rc}\n}}\n" for rc in (
+    "reject", "fail", "ok", "handled", "invalid", "userlock", "notfound", "noop", "updated"))
 
 
 class RadiusdError(RuntimeError):
@@ -58,7 +150,7 @@ class RadiusConfig:
     realm_opener: str = "tessera.realm:open_realm"
     python_path: tuple[Path, ...] = ()  # extra entries after the plugin directory
     reject_delay: int = 0  # seconds; Debian's default is 1
-    keep_user: bool = False  # keep radiusd.conf's user/group = freerad (files must be readable)
+    keep_user: bool = False  # run as user/group freerad, as Debian's unit does (files must be readable)
     extra_clients: tuple[tuple[str, str, str], ...] = field(default=())  # (name, address, secret)
 
 
@@ -79,14 +171,10 @@ def set_option(text: str, key: str, value: str, count: int = 1) -> str:
     return new
 
 
-def comment_out(text: str, key: str) -> str:
-    """Comment out every active ``key = ...`` line."""
-    return re.sub(rf"^(\s*)({re.escape(key)}\s*=)", r"\1#\2", text, flags=re.M)
-
-
 def suppress_secrets(radiusd_conf: str) -> str:
-    """Turn on ``security { suppress_secrets = yes }``: debug output shows ``<<< secret >>>``
-    instead of attributes FreeRADIUS marks secret (Debian ships it commented out)."""
+    """Turn on ``security { suppress_secrets = yes }`` in Debian's radiusd.conf (shipped
+    commented out): debug output shows ``<<< secret >>>`` instead of attributes FreeRADIUS
+    marks secret. For install-radius, which edits the system's tree."""
     return re.sub(r"^(\s*)#\s*suppress_secrets\s*=\s*no\s*$", r"\1suppress_secrets = yes", radiusd_conf, count=1, flags=re.M)
 
 
@@ -104,35 +192,39 @@ def _client_block(name: str, address: str, secret: str) -> str:
             f"\tvirtual_server = tessera\n}}\n")
 
 
-def install_dictionary(raddb: Path) -> None:
-    """Copy the vendor dictionary next to ``raddb/dictionary`` and append Tessera's lines
-    (idempotent: an existing Tessera block is replaced)."""
+def install_dictionary(raddb: Path, base: str | None = None) -> None:
+    """Copy the vendor dictionary next to ``raddb/dictionary`` and add Tessera's lines
+    (idempotent: an existing Tessera block is replaced). ``base``, when given, is the whole
+    file before Tessera's block (a private tree's ``$INCLUDE`` of the packaged dictionary)."""
     shutil.copyfile(DICTIONARY, raddb / "dictionary.tessera")
     block = (CONFIGS / "dictionary").read_text()
     block = block[block.index("# >>> tessera >>>"):]
     target = raddb / "dictionary"
-    text = target.read_text()
+    text = base if base is not None else target.read_text()
     text = re.sub(r"# >>> tessera >>>.*?# <<< tessera <<<\n?", "", text, flags=re.S)
     target.write_text(text.rstrip("\n") + "\n\n" + block)
 
 
 def build_config(directory: Path, cfg: RadiusConfig) -> Path:
     """Make a complete FreeRADIUS config directory for ``cfg`` at ``directory`` (must not
-    exist). Returns it. ``cfg.port`` is filled in if it was 0."""
+    exist) from this repository alone. Returns it. ``cfg.port`` is filled in if it was 0."""
     raddb = Path(directory)
-    shutil.copytree(DEBIAN_RADDB, raddb, symlinks=True)
+    raddb.mkdir(parents=True)
     if not cfg.port:
         cfg.port = free_udp_port(cfg.address)
+    for sub in ("mods-available", "mods-enabled", "sites-available", "sites-enabled", "certs/tessera",
+                "log/radacct", "run"):
+        (raddb / sub).mkdir(parents=True, exist_ok=True)
 
-    for link in (raddb / "sites-enabled").iterdir():
-        link.unlink()
-    (raddb / "mods-enabled" / "eap").unlink(missing_ok=True)  # Debian's: needs inner-tunnel
     for site in TESSERA_SITES:
         shutil.copyfile(CONFIGS / "sites-available" / site, raddb / "sites-available" / site)
         (raddb / "sites-enabled" / site).symlink_to(f"../sites-available/{site}")
     for mod in TESSERA_MODS:
         shutil.copyfile(CONFIGS / "mods-available" / mod, raddb / "mods-available" / mod)
         (raddb / "mods-enabled" / mod).symlink_to(f"../mods-available/{mod}")
+
+    (raddb / "mods-available" / "always").write_text(ALWAYS_MODULE)
+    (raddb / "mods-enabled" / "always").symlink_to("../mods-available/always")
 
     python_path = ":".join(str(p) for p in (REPO / "plugin", *cfg.python_path))
     _edit(raddb / "mods-available" / "tessera", python_path=f'"{python_path}"',
@@ -146,29 +238,18 @@ def build_config(directory: Path, cfg: RadiusConfig) -> Path:
         _edit(site, ipaddr=cfg.address)
     _edit(site, port=str(cfg.port))
 
-    install_dictionary(raddb)
-    tls = raddb / "certs" / "tessera"
-    tls.mkdir(parents=True, exist_ok=True)
+    install_dictionary(raddb, base=f"# private dictionary: the packaged one, then Tessera's\n"
+                                   f"$INCLUDE {SYSTEM_DICTIONARY}\n")
     for name in ("server.pem", "server.key", "device-ca.pem"):
-        shutil.copy2(Path(cfg.tls_dir) / name, tls / name)
+        shutil.copy2(Path(cfg.tls_dir) / name, raddb / "certs" / "tessera" / name)
 
     clients = [("tessera", cfg.client_address, cfg.secret), *cfg.extra_clients]
     (raddb / "clients.conf").write_text("".join(_client_block(*c) for c in clients))
 
-    conf = raddb / "radiusd.conf"
-    text = conf.read_text()
-    if not cfg.keep_user:
-        text = comment_out(comment_out(text, "user"), "group")
-    text = set_option(text, "logdir", str(raddb / "log"))
-    text = set_option(text, "run_dir", str(raddb / "run"))
-    text = set_option(text, "proxy_requests", "no")  # no proxy listener on a random port
-    # Debian delays every Access-Reject by 1 s (against password guessing, which Tessera's
-    # signed/MACed proofs do not allow); tests and benchmarks want the answer at once.
-    text = set_option(text, "reject_delay", str(cfg.reject_delay))
-    text = suppress_secrets(text)
-    conf.write_text(text)
-    for sub in ("log", "log/radacct", "run"):
-        (raddb / sub).mkdir(exist_ok=True)
+    security = "\tuser = freerad\n\tgroup = freerad" if cfg.keep_user else "\t# runs as the user that starts it"
+    (raddb / "radiusd.conf").write_text(
+        RADIUSD_CONF.replace("@DIR@", str(raddb.resolve())).replace("@SECURITY@", security)
+        .replace("@REJECT_DELAY@", str(cfg.reject_delay)))
     return raddb
 
 

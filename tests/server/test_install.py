@@ -43,7 +43,7 @@ def drop_block(text: str, opening: str) -> str:
         i += 1
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def scratch_root():
     root = Path(tempfile.mkdtemp(prefix="tessera-install-", dir="/var/tmp"))
     os.chmod(root, 0o755)
@@ -57,7 +57,9 @@ def scratch_root():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_install_radius_into_scratch_layout_serves_as_freerad(scratch_root):
+@pytest.fixture(scope="module")
+def installed(scratch_root):
+    """tools/install-radius run once into the scratch root; yields (root, port)."""
     port = radiusd.free_udp_port(ADDRESS)
     r = subprocess.run([str(REPO / "tools" / "install-radius"), "--root", str(scratch_root),
                         "--init-realm", "lab.example", "--server-id", "radius-1",
@@ -65,6 +67,51 @@ def test_install_radius_into_scratch_layout_serves_as_freerad(scratch_root):
                         "--client", ADDRESS, "--secret", SECRET],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return scratch_root, port
+
+
+PRIVATE_SERVER = """
+import sys
+from pathlib import Path
+from tests.server.realserver import make_server
+from tessera.lab.pki import LabPKI
+import time
+d = Path(sys.argv[1])
+(d / "stub.json").write_text('{"devices": {}}')
+(d / "kek").write_bytes(b"-")
+tls = LabPKI.generate(time.time()).install_server_files(d / "tls", "radius.lab", time.time())
+with make_server(d, db=d / "stub.json", kek=d / "kek", tls_dir=tls, realm_opener="stub_realm:open_realm",
+                 python_path=(Path("tests/server").resolve(),)) as server:
+    print("private server answered Status-Server, pid", server.proc.pid)
+"""
+
+
+def test_private_server_ignores_a_system_tree_with_tessera_installed(installed, tmp_path):
+    """The lab and the tests build their FreeRADIUS from the repository alone: with the
+    system's /etc/freeradius/3.0 replaced (in a private mount namespace) by a tree that has
+    Tessera installed, Debian's sites disabled, clients added and the EAP module removed, a
+    private server still builds, passes ``-XC`` and answers."""
+    root, _ = installed
+    system = root / "etc" / "freeradius" / "3.0"
+    assert (system / "mods-enabled" / "tessera").is_symlink()  # what used to break the copy
+    (system / "mods-enabled" / "eap").unlink(missing_ok=True)
+    (system / "sites-enabled" / "inner-tunnel").unlink(missing_ok=True)
+    with open(system / "clients.conf", "a") as f:
+        f.write("\nclient switches {\n\tipaddr = 192.0.2.0/24\n\tsecret = operators-own\n}\n")
+    work = tmp_path / "private"
+    work.mkdir()
+    script = (f"mount --bind {system} /etc/freeradius/3.0 && "
+              f"ls /etc/freeradius/3.0/mods-enabled/tessera >/dev/null && "
+              f'exec "$0" -c "$1" {work}')
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                        str(REPO / ".venv" / "bin" / "python"), PRIVATE_SERVER],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "private server answered Status-Server" in r.stdout
+
+
+def test_install_radius_into_scratch_layout_serves_as_freerad(installed):
+    scratch_root, port = installed
     raddb = scratch_root / "etc" / "freeradius" / "3.0"
     assert not (raddb / "sites-enabled" / "default").exists()
     assert (raddb / "mods-enabled" / "tessera").is_symlink()
