@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from scapy.fields import (ByteEnumField, ByteField, FieldLenField, LongField, ShortField, StrFixedLenField,
                           StrLenField)
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import CookedLinuxV2, Ether
 from scapy.packet import Packet, bind_layers
 
 from tessera import message as m
@@ -54,6 +54,7 @@ class TesseraError(Packet):
 
 
 bind_layers(Ether, Tessera, type=ETHERTYPE)
+bind_layers(CookedLinuxV2, Tessera, proto=ETHERTYPE)  # the lab switch's capture (tessera.lab.capture)
 bind_layers(Tessera, TesseraAnnounce, type=m.PeerAnnounce.TYPE)
 bind_layers(Tessera, TesseraData, type=m.PeerData.TYPE)
 bind_layers(Tessera, TesseraError, type=m.ErrorMessage.TYPE)

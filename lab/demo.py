@@ -105,10 +105,18 @@ def _demo(rl: RealmLab, n: int, timeout: float, pcap: str, t_build: float) -> in
         for b in devices:
             if a is not b:
                 rl.send(a, b.device_id, f"hello {b.device_id}, this is {a.device_id}")
-    time.sleep(0.3)
+    want = n * (n - 1)
+    got: dict[str, list[dict]] = {d.device_id: [] for d in devices}
+    deadline = time.monotonic() + 10  # wait for the deliveries themselves, not a fixed time
+    while True:
+        for b in devices:
+            got[b.device_id] += rl.inbox(b)
+        if sum(map(len, got.values())) >= want or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     delivered = 0
     for b in devices:
-        for msg in rl.inbox(b):
+        for msg in got[b.device_id]:
             delivered += 1
             if delivered <= 6:
                 print(f"  {b.device_id} got from {msg['peer']}: {msg['data']!r}")
@@ -131,7 +139,9 @@ def _demo(rl: RealmLab, n: int, timeout: float, pcap: str, t_build: float) -> in
     if peered_at:
         print(f"\nall {len(peered_at)} enrolled devices peered {max(peered_at.values()):.2f} s after link-up "
               f"(first: {min(peered_at.values()):.2f} s); every pair then exchanged encrypted frames")
-    time.sleep(0.5)  # let tcpdump flush
+    stats = rl.stop_capture()  # tcpdump flushes and exits: the file now holds every frame
+    if stats is not None:
+        print(f"pcap of the switch: {stats.captured} frames captured, {stats.dropped} dropped by the kernel")
     if os.path.exists(rl.pcap):
         shutil.copyfile(rl.pcap, pcap)
         try:

@@ -26,6 +26,7 @@ from pathlib import Path
 from tessera.agent.daemon import query
 from tessera.identity import ServerEntry, pem_certificate
 from tessera.lab import radiusd
+from tessera.lab.capture import CaptureStats, SwitchCapture
 from tessera.lab.netns import Lab, Proc
 from tessera.lab.pki import LabPKI, write_file
 from tessera.lab.switch import RADIUS_IP, SWITCH_MGMT_IP, Device, RadiusServer as RadiusAddr, Switch
@@ -98,8 +99,7 @@ class RealmLab:
             write_file(d.dir / "bundle.json", bundle.to_json().encode(), 0o600)
             self.devices.append(d)
         self.pcap = self.dir / "switch.pcap"
-        if capture:
-            lab.spawn("tcpdump", self.switch.ns, ["tcpdump", "-q", "-n", "-U", "-i", "br0", "-w", str(self.pcap)])
+        self.capture = SwitchCapture(lab, self.switch.ns, self.pcap).start() if capture else None
         self.controller = self.switch.start_controller()
         self.radii = [radiusd.RadiusServer.for_config(r, c, run_prefix=("ip", "netns", "exec", self.radius_ns),
                                                       debug=radius_debug) for r, c in zip(raddbs, self.cfgs)]
@@ -157,6 +157,10 @@ class RealmLab:
     def peered(self, d: LabDevice, peers: list[str]) -> bool:
         st = self.status(d)
         return bool(st) and all(p in st["sessions"] for p in peers)
+
+    def stop_capture(self) -> CaptureStats | None:
+        """End the switch capture; the pcap then holds every frame that crossed the switch."""
+        return self.capture.stop() if self.capture else None
 
     def close(self) -> None:
         for d in self.devices:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tessera.agent.supplicant import PwdCredentials, Supplicant, TlsCredentials
 from tessera.lab import radiusd
+from tessera.lab.capture import SwitchCapture
 from tessera.lab.netns import Lab
 from tessera.lab.pki import LabPKI
 from tessera.lab.switch import RADIUS_IP, Device, RadiusServer as RadiusAddr, Switch
@@ -71,9 +72,7 @@ class Testbed:
 
     def _start_capture(self) -> Path:
         path = self.dir / "switch.pcap"
-        self.lab.spawn("tcpdump", self.switch.ns,
-                       ["tcpdump", "-q", "-n", "-U", "--immediate-mode", "-i", "any",
-                        "-w", str(path)])
+        self.capture = SwitchCapture(self.lab, self.switch.ns, path).start()
         return path
 
     # -- devices
