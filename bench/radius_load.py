@@ -5,7 +5,7 @@ Access-Request with Message-Authenticator per core message, ids assigned as slot
 timed loop only does ``send``/``recv`` on a few non-blocking UDP sockets. A slot is
 (socket, RADIUS Identifier); at most ``window`` are outstanding; a reply frees its slot by
 (socket, id), a slot older than ``timeout`` counts as lost. radclient tops out near 3,000
-req/s on these machines (notes/freeradius.md); this keeps the server, not the client, busy.
+req/s on these machines (measured with FreeRADIUS 3.2.1 on a 2-core VM); this keeps the server, not the client, busy.
 
 The figure to trust is the server's CPU time per exchange: ``utime + stime`` of radiusd from
 ``/proc/PID/stat`` before and after, divided by the answered requests. rlm_python3 runs on one
@@ -194,13 +194,20 @@ def main(argv=None) -> int:
                 a.server_id = cfg.server_id
             server = Server(a.server_id, a.address, a.port, a.secret.encode())
             built = prebuild(server, requests)
+            failed = 0
             for r in range(a.rounds):
-                print(f"round {r + 1}: " + run_load(server, built, a.pid, a.window).report())
+                res = run_load(server, built, a.pid, a.window)
+                print(f"round {r + 1}: " + res.report())
+                failed += res.rejected + res.lost
                 if a.hex_file:
                     break  # real requests are single-use (replay cache)
         finally:
             if proc is not None:
                 proc.stop()
+    if failed:
+        print(f"FAILED: {failed} requests rejected or lost; the figures above do not measure the exchange",
+              file=sys.stderr)
+        return 1
     return 0
 
 
