@@ -16,7 +16,7 @@ server-internal attribute ``Tessera-Step`` that the virtual servers set:
 * ``eap-pwd-password`` -- EAP-PWD: ``control:Cleartext-Password`` from
   ``service.eap_pwd_password(device_id, now)``.
 
-Rules (notes/freeradius.md): return *exact tuples*; octets as ``"0x" + hex``; never raise into
+Rules (docs/freeradius.md): return *exact tuples*; octets as ``"0x" + hex``; never raise into
 FreeRADIUS (an exception becomes a bare reject with a traceback that could print values): any
 unexpected error is logged as its type and code location only, and answered with
 "internal error". The reasons the core gives (``str(TesseraError)``) carry no key material by

@@ -4,7 +4,7 @@ How this works: a Tessera message (request or reply) can be longer than one RADI
 holds. It travels as several instances of one ordinary vendor-specific attribute, each value
 at most ``MAX_CHUNK`` (247) bytes, in order; the receiver concatenates them. This is the one
 encoding that FreeRADIUS 3.2.1, radclient and pyrad 2.6 all handle in both directions (see
-notes/freeradius.md). A RADIUS packet is at most 4096 bytes, which bounds a message to about
+docs/freeradius.md). A RADIUS packet is at most 4096 bytes, which bounds a message to about
 3.8 kB: ``MAX_MESSAGE`` makes that bound explicit so a sender fails early and clearly.
 
 Also here: the conversions rlm_python3 needs, because FreeRADIUS hands octets to Python as
