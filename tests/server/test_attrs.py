@@ -31,6 +31,7 @@ def test_attrs_exact_chunk_boundaries():
 def test_attrs_too_long_message_is_refused():
     with pytest.raises(attrs.MessageTooLongError):
         attrs.split_message(b"a" * (attrs.MAX_MESSAGE + 1))
+    assert attrs.join_message(attrs.split_message(b"a" * attrs.MAX_MESSAGE)) == b"a" * attrs.MAX_MESSAGE
 
 
 def test_attrs_to_hex_keeps_nul_bytes():
@@ -41,6 +42,7 @@ def test_attrs_to_hex_keeps_nul_bytes():
 def test_attrs_from_hex_rejects_non_freeradius_values(bad):
     with pytest.raises(attrs.BadHexError):
         attrs.from_hex(bad)
+    assert attrs.from_hex("0x00") == b"\x00"  # what FreeRADIUS sends is taken
 
 
 def test_attrs_from_hex_accepts_upper_case():

@@ -64,6 +64,8 @@ def test_plugin_operation_reject_names_reason_and_code(plugin):
     assert rc == RLM.RLM_MODULE_REJECT
     assert update["reply"] == (("Reply-Message", "revoked: device dev1 is revoked"), ("Tessera-Error", "8"))
     assert any("revoked" in m for _, m in plugin.logs)
+    rc, update = plugin.authorize(request(b"fine"))  # the same plugin, a message the core accepts
+    assert rc == RLM.RLM_MODULE_OK and attrs.join_from_hex(v for _, _, v in update["reply"]) == b"\x00reply\x00fine"
 
 
 def test_plugin_unexpected_exception_is_internal_error_without_its_text(plugin):
@@ -72,17 +74,23 @@ def test_plugin_unexpected_exception_is_internal_error_without_its_text(plugin):
     assert update["reply"] == (("Reply-Message", "internal error"), ("Tessera-Error", "20"))
     assert all("00112233" not in m for _, m in plugin.logs)
     assert any("RuntimeError" in m for _, m in plugin.logs)
+    assert plugin.authorize(request(b"fine"))[0] == RLM.RLM_MODULE_OK  # and it keeps serving
 
 
 def test_plugin_bad_hex_is_internal_error(plugin):
     rc, update = plugin.authorize((("User-Name", "dev1"), ("Tessera-Message", "garbage")))
     assert rc == RLM.RLM_MODULE_REJECT and update["reply"][0] == ("Reply-Message", "internal error")
+    assert plugin.service.calls == []
+    rc, update = plugin.authorize((("User-Name", "dev1"), ("Tessera-Message", "0x6f6b")))  # as FreeRADIUS formats octets
+    assert rc == RLM.RLM_MODULE_OK and plugin.service.calls == [("handle", b"ok", 1000.0)]
 
 
 def test_plugin_unknown_step_is_refused(plugin):
     rc, _ = plugin.authorize(request(b"x", ("Tessera-Step", "format-disk")))
     assert rc == RLM.RLM_MODULE_REJECT
     assert plugin.service.calls == []
+    rc, _ = plugin.authorize(request(b"x"))  # the same request without the step: a Tessera operation
+    assert rc == RLM.RLM_MODULE_OK and plugin.service.calls == [("handle", b"x", 1000.0)]
 
 
 def test_plugin_admit_certificate(plugin):

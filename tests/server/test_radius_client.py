@@ -101,9 +101,12 @@ def test_client_accept_returns_joined_reply_and_sends_message_authenticator(fake
 @pytest.mark.parametrize("mode", ["no-ma", "bad-ma"])
 def test_client_drops_reply_without_valid_message_authenticator(fake, mode):
     srv = fake(mode)
+    client = RadiusClient([srv.entry("r1")], timeout=0.3, retries=1)
     with pytest.raises(NoServerAnsweredError):
-        RadiusClient([srv.entry("r1")], timeout=0.3, retries=1).exchange("dev", lambda sid: b"m")
+        client.exchange("dev", lambda sid: b"m")
     assert len(srv.received) == 2
+    srv.mode = "good"  # the same server and client, the reply signed properly: taken
+    assert client.exchange("dev", lambda sid: b"m") == b"echo:m"
 
 
 def test_client_retransmits_the_identical_packet(fake):

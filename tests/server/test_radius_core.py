@@ -2,8 +2,9 @@
 
 The realm is made with ``tessera.realm`` as ``tessera-admin init`` does; FreeRADIUS opens it
 with the production opener. Covers registration and TGT over RADIUS, rejects that carry the
-core's ErrorMessage, replays, revocation taking effect at once, and EAP-TLS / EAP-PWD
-admission decided by the registry.
+core's ErrorMessage (not-registered, not-yet-valid, expired, clock-skew, ...), replays,
+revocation taking effect at once, and EAP-TLS / EAP-PWD admission decided by the registry.
+Every refusal stands beside the same setup accepting the right input.
 """
 
 import os
@@ -11,12 +12,13 @@ import time
 
 import pytest
 
-from tessera.device import DeviceClient
-from tessera.errors import TesseraError
+from tessera.device import Credentials, DeviceClient, Registration, State
+from tessera.errors import NotRegisteredError, NotYetValidError, TesseraError
 from tessera.identity import DeviceKey, ServerEntry, pem_certificate
 from tessera.realm import Realm, create_kek
 from tessera.radius.client import RadiusClient, RejectedError
 from tessera.sqlite_registry import SQLiteRegistry
+from tessera.ticket import GrantingTicket, RegistrationTicket, seal_ticket
 
 from tests.gate import needs_freeradius
 from tests.server.eapol import eapol_test, pwd_network, tls_network
@@ -70,6 +72,35 @@ def register_and_authenticate(core, dev):
     return reg, cred
 
 
+def realm_sealed_drt(core, device_id: str, generation: int, not_before: int, not_after: int) -> Registration:
+    """A DRT with a fresh LLK, sealed under the realm's service key as a server seals one."""
+    llk = os.urandom(32)
+    drt = seal_ticket(core.realm.keyring, RegistrationTicket(device_id, generation, not_before, not_after, llk),
+                      int(time.time()), os.urandom(12))
+    return Registration(llk, drt, generation, not_before, not_after)
+
+
+def realm_sealed_tgt(core, device_id: str, generation: int, not_before: int, not_after: int,
+                     registration_not_after: int) -> Credentials:
+    """A TGT with a fresh STK, sealed under the realm's service key as a server seals one."""
+    stk = os.urandom(32)
+    tgt = seal_ticket(core.realm.keyring, GrantingTicket(device_id, generation, not_before, not_after,
+                                                         registration_not_after, stk),
+                      int(time.time()), os.urandom(12))
+    return Credentials(tgt, stk, not_before, not_after)
+
+
+def hold(dev: DeviceClient, registration: Registration | None = None, credentials: Credentials | None = None) -> None:
+    """Make the device core hold tickets it did not get over the wire, so that the request it
+    builds differs from a good one in that ticket alone (the test plays the realm)."""
+    if registration is not None:
+        dev.registration = registration
+        dev.state = State.REGISTERED
+    if credentials is not None:
+        dev.credentials = credentials
+        dev.state = State.AUTHENTICATED
+
+
 def test_core_register_and_tgt_over_radius(core):
     dev, _ = core.device("switch-1", core.server)
     reg, cred = register_and_authenticate(core, dev)
@@ -95,7 +126,11 @@ def test_core_request_for_another_server_is_rejected(core):
     dev, _ = core.device("switch-3", core.server)
     with pytest.raises(RejectedError) as exc:
         rpc(core.server, dev)(lambda sid: dev.register_request("radius-2", time.time(), os.urandom(16)))
-    assert exc.value.code == 16
+    assert exc.value.code == 16 and exc.value.reason == "wrong-server: addressed to 'radius-2', this is 'radius-1'"
+    # the same device, its request addressed to this server: registered
+    reg = dev.register_reply(rpc(core.server, dev)(lambda sid: dev.register_request(sid, time.time(), os.urandom(16))),
+                             time.time())
+    assert reg.generation == 1
 
 
 def test_core_revocation_stops_tickets_at_once(core):
@@ -117,6 +152,8 @@ def test_core_garbage_is_malformed(core):
             client.exchange("nobody", lambda sid: junk)
         assert exc.value.code in (2, 3), exc.value  # malformed or unsupported-version
     assert client.status(core.server.server_entry())
+    dev, _ = core.device("after-junk", core.server)  # and a well-formed request is served
+    register_and_authenticate(core, dev)
 
 
 def eap_tls(core, creds, tmp_path):
@@ -135,24 +172,89 @@ def test_core_eap_tls_enrolled_then_revoked(core, tmp_path):
     assert "EAP-TLS admission rejected for 'switch-5': revoked" in core.server.proc.log_text()
 
 
-def test_core_eap_tls_unenrolled_certificate_fails(core, tmp_path):
+def test_core_eap_tls_unenrolled_certificate_fails_until_enrolled(core, tmp_path):
     key = DeviceKey.generate()
-    cert = core.realm.issue_certificate("switch-x", key.public_bytes(), time.time())  # never enrolled
+    cert = core.realm.issue_certificate("switch-x", key.public_bytes(), time.time())  # not enrolled yet
     from tessera.lab.pki import DeviceCredentials
     creds = core.pki.write_device_files(tmp_path, DeviceCredentials("switch-x", key, cert))
     rc, out = eap_tls(core, creds, tmp_path)
     assert rc != 0 and "EAP-Failure" in out
+    assert "EAP-TLS admission rejected for 'switch-x': unknown-device" in core.server.proc.log_text()
+    # the same certificate, once enrolled, is admitted
+    core.realm.enrol_key("switch-x", key.public_bytes(), time.time(), cert)
+    rc, out = eap_tls(core, creds, tmp_path)
+    assert rc == 0, out[-2000:]
 
 
 def test_core_eap_pwd_after_registration(core, tmp_path):
     dev, _ = core.device("switch-6", core.server)
-    rc, _ = eapol_test(tmp_path, "pwd0", pwd_network("switch-6", "x"), core.server.address,
-                       core.server.port, core.server.secret)
-    assert rc != 0  # not registered yet: no password
+    log = core.server.proc.log_text
+    rc, out = eapol_test(tmp_path, "pwd0", pwd_network("switch-6", "x"), core.server.address,
+                         core.server.port, core.server.secret)
+    assert rc != 0 and "CTRL-EVENT-EAP-FAILURE" in out  # not registered yet: no password
+    assert "EAP-PWD admission rejected for 'switch-6': not-registered" in log()
     register_and_authenticate(core, dev)
-    rc, out = eapol_test(tmp_path, "pwd1", pwd_network("switch-6", dev.eap_pwd_password()),
+    mark = len(log())
+    rc, out = eapol_test(tmp_path, "pwd1", pwd_network("switch-6", "0" * 64), core.server.address,
+                         core.server.port, core.server.secret)
+    assert rc != 0 and "EAP-PWD (peer): confirm did not verify" in out  # registered, wrong password
+    assert "EAP-PWD admission rejected" not in log()[mark:]  # the registry gave the password
+    rc, out = eapol_test(tmp_path, "pwd2", pwd_network("switch-6", dev.eap_pwd_password()),
                          core.server.address, core.server.port, core.server.secret)
     assert rc == 0, out[-2000:]
+
+
+def test_core_not_registered_device_is_refused_then_served_once_registered(core):
+    """An enrolled device that never registered asks for a TGT with a DRT the realm's own key
+    sealed: not-registered. Once it registers, the very same DRT (its generation now current)
+    and the one it received are both served."""
+    dev, _ = core.device("nreg-1", core.server)
+    send = rpc(core.server, dev)
+    t = int(time.time())
+    held = realm_sealed_drt(core, "nreg-1", 1, t, t + 3600)  # generation 1: what a first registration gets
+    hold(dev, registration=held)
+    with pytest.raises(RejectedError) as exc:
+        send(lambda sid: dev.auth_request(sid, time.time(), os.urandom(16)))
+    assert (exc.value.code, exc.value.reason) == (9, "not-registered: device nreg-1 is not registered")
+    with pytest.raises(NotRegisteredError):
+        dev.ticket_reply(exc.value.reply, time.time())  # the device core reads the ErrorMessage
+    assert core.realm.registry.get_device("nreg-1").state.value == "enrolled"
+
+    reg = dev.register_reply(send(lambda sid: dev.register_request(sid, time.time(), os.urandom(16))), time.time())
+    assert reg.generation == held.generation
+    cred = dev.ticket_reply(send(lambda sid: dev.auth_request(sid, time.time(), os.urandom(16))), time.time())
+    assert cred.not_after > time.time()
+    hold(dev, registration=held)
+    cred = dev.ticket_reply(send(lambda sid: dev.auth_request(sid, time.time(), os.urandom(16))), time.time())
+    assert cred.not_after > time.time()
+
+
+@pytest.mark.parametrize("ticket", ["registration ticket", "TGT"])
+def test_core_ticket_not_yet_valid_is_refused_and_within_skew_is_served(core, ticket):
+    """A ticket whose validity starts later than the server's clock plus the allowed skew is
+    not-yet-valid; the same ticket starting within the skew is served. Both are sealed by the
+    realm for the device's current registration, so the start is the only difference."""
+    device_id = "nyv-drt" if ticket == "registration ticket" else "nyv-tgt"
+    dev, _ = core.device(device_id, core.server)
+    register_and_authenticate(core, dev)
+    reg = dev.registration
+    skew = core.realm.policy.clock_skew
+    send = rpc(core.server, dev)
+
+    def attempt(start: int) -> bytes:
+        if ticket == "registration ticket":
+            hold(dev, registration=realm_sealed_drt(core, device_id, reg.generation, start, reg.not_after))
+            return send(lambda sid: dev.auth_request(sid, time.time(), os.urandom(16)))
+        hold(dev, credentials=realm_sealed_tgt(core, device_id, reg.generation, start, start + 3600, reg.not_after))
+        return send(lambda sid: dev.renew_request(sid, time.time(), os.urandom(16)))
+
+    with pytest.raises(RejectedError) as exc:
+        attempt(int(time.time()) + skew + 120)
+    assert exc.value.code == 12 and exc.value.reason.startswith(f"not-yet-valid: {ticket} valid from "), exc.value
+    with pytest.raises(NotYetValidError):
+        dev.ticket_reply(exc.value.reply, time.time())
+    cred = dev.ticket_reply(attempt(int(time.time()) + skew - 120), time.time())
+    assert cred.not_after > time.time()
 
 
 def test_core_whole_flow_two_devices_session_key_and_records(core):
@@ -225,8 +327,9 @@ def test_core_tampered_expired_and_skewed_requests_get_their_reason(core):
 
 
 def test_core_rotation_by_the_operator_reaches_the_running_server(core):
-    """tessera-admin rotate (another process) → the running module picks up the new key version
-    within a second; tickets sealed under the old version keep working."""
+    """tessera-admin rotate (another connection) → the running module picks up the new key
+    version (it looks at most once a second; we wait for it, up to 15 s); tickets sealed under
+    the old version keep working."""
     from tessera.realm import open_realm
     from tessera.ticket import ticket_kvno
 
@@ -236,8 +339,14 @@ def test_core_rotation_by_the_operator_reaches_the_running_server(core):
     admin = open_realm(str(core.db), str(core.kek))  # as tessera-admin does: its own connection
     new = admin.rotate(time.time())
     assert new.kvno == before + 1
-    time.sleep(1.2)  # the module checks the registry for a rotation at most once a second
-    cred = dev.ticket_reply(rpc(core.server, dev)(lambda sid: dev.auth_request(sid, time.time(), os.urandom(16))),
-                            time.time())
-    assert ticket_kvno(cred.tgt) == new.kvno and ticket_kvno(dev.registration.drt) == before
+    deadline = time.monotonic() + 15
+    while True:  # each TGT is served with the old DRT; wait until one is sealed under the new version
+        cred = dev.ticket_reply(rpc(core.server, dev)(lambda sid: dev.auth_request(sid, time.time(), os.urandom(16))),
+                                time.time())
+        if ticket_kvno(cred.tgt) == new.kvno:
+            break
+        assert ticket_kvno(cred.tgt) == before, ticket_kvno(cred.tgt)
+        assert time.monotonic() < deadline, "the running server did not pick up the rotation within 15 s"
+        time.sleep(0.1)
+    assert ticket_kvno(dev.registration.drt) == before
     assert "service keys reloaded" in core.server.proc.log_text()

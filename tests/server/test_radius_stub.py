@@ -46,6 +46,8 @@ def test_radius_core_error_is_forwarded(stub_server):
     with pytest.raises(RejectedError) as exc:
         stub_server.client().exchange("dev-revoked", lambda sid: b"TSR1revoked")
     assert (exc.value.code, exc.value.reason) == (8, "revoked: device is revoked")
+    # the same user and client with a message the core accepts: Access-Accept
+    assert stub_server.client().exchange("dev-revoked", lambda sid: b"TSR1ok") == b"ACK1ko"
 
 
 def test_radius_internal_error_rejects_and_server_survives(stub_server):
@@ -88,6 +90,8 @@ def test_radius_request_without_message_authenticator_is_dropped(stub_server):
 def test_radius_wrong_shared_secret_is_dropped(stub_server):
     with pytest.raises(NoServerAnsweredError):
         stub_server.client(secret="not-the-secret").exchange("dev-good", lambda sid: b"TSR1ok")
+    # the same request with the right secret is answered
+    assert stub_server.client(secret=stub_server.secret).exchange("dev-good", lambda sid: b"TSR1ok") == b"ACK1ko"
 
 
 def test_radius_every_reply_carries_message_authenticator(stub_server):
@@ -102,12 +106,19 @@ def test_radius_every_reply_carries_message_authenticator(stub_server):
 
 def test_radius_non_tessera_request_is_rejected(stub_server):
     client = stub_server.client()
-    req = client.request_packet(stub_server.server_entry(), "dev-good", b"x")
-    del req["Tessera-Message"]
-    reply_raw = _send_raw(stub_server, req.RequestPacket())
-    reply = packet.Packet(packet=reply_raw, secret=req.secret, dict=client.dict)
+
+    def answer(with_message: bool) -> packet.Packet:
+        req = client.request_packet(stub_server.server_entry(), "dev-good", b"TSR1ok")
+        if not with_message:
+            del req["Tessera-Message"]
+        reply_raw = _send_raw(stub_server, req.RequestPacket())
+        return packet.Packet(packet=reply_raw, secret=req.secret, dict=client.dict)
+
+    reply = answer(with_message=False)
     assert reply.code == packet.AccessReject
     assert reply["Reply-Message"] == ["not a Tessera request"]
+    reply = answer(with_message=True)  # the same request with its Tessera-Message
+    assert reply.code == packet.AccessAccept and reply["Tessera-Reply"] == [b"ACK1ko"]
 
 
 def test_radius_radclient_interoperates(stub_server):
