@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import select
 import threading
 import time
 
-import pytest
-
+from tessera.agent.ctrl import CtrlClient, parse_kv
 from tessera.agent.l2 import PacketTransport
 from tessera.agent.link import CarrierWatcher, call_in_netns
 from tessera.agent.supplicant import (EAP_FAILURE, EAP_SUCCESS, TlsCredentials,
                                       follow_carrier)
 from tessera.lab.pki import LabPKI
 from tessera.lab.probe import l2_reach, ping
+
+from netns_tests.test_switch import eapol_start
 
 
 def admitted(ctl, dev) -> bool:
@@ -34,7 +36,6 @@ def test_admission_tls_and_pwd_open_ports_and_traffic_flows(make_testbed):
     # d3 never authenticated: still dark in both directions.
     assert ping(d1.ns, d3.ip, timeout=0.5) == 0
     assert not l2_reach(d1.ns, d3.ns) and not l2_reach(d3.ns, d1.ns, d1.mac)
-    assert ctl.authorized()["p3"] == set()
     # The controller's log tells the story with timestamps.
     whats = [e.what for e in ctl.entries(port="p1")]
     assert whats.index("AP-STA-CONNECTED") < whats.index("allow +open")
@@ -94,6 +95,10 @@ def test_admission_bad_credentials_stay_locked_out(make_testbed, tmp_path):
     assert ctl.authorized()["p1"] == set() and ctl.authorized()["p2"] == set()
     assert ping(d1.ns, d3.ip, timeout=0.5) == 0 and ping(d3.ns, d2.ip, timeout=0.5) == 0
     assert not l2_reach(d1.ns, d3.ns, d3.mac)
+    # to and from the uplink, the refused ports stay dark where the admitted one passes
+    for d in (d1, d2):
+        assert not l2_reach(d.ns, tb.radius_ns) and not l2_reach(tb.radius_ns, d.ns, d.mac)
+    assert l2_reach(d3.ns, tb.radius_ns) and l2_reach(tb.radius_ns, d3.ns, d3.mac)
 
 
 def test_l2_transport_round_trip_between_admitted_devices(make_testbed):
@@ -107,11 +112,11 @@ def test_l2_transport_round_trip_between_admitted_devices(make_testbed):
         assert (a.mac, b.mac) == (d1.mac, d2.mac)
         for i in range(100):
             a.send(b.mac, b"ping %d" % i)
-            select.select([b], [], [], 1)
+            select.select([b], [], [], 5)
             src, payload = b.recv()
             assert (src, payload[:len(b"ping %d" % i)]) == (a.mac, b"ping %d" % i)
             b.send(src, b"pong %d" % i)
-            select.select([a], [], [], 1)
+            select.select([a], [], [], 5)
             src2, payload2 = a.recv()
             assert src2 == b.mac and payload2.startswith(b"pong %d" % i)
         assert b.recv() is None  # non-blocking when empty
@@ -120,3 +125,24 @@ def test_l2_transport_round_trip_between_admitted_devices(make_testbed):
     finally:
         a.close()
         b.close()
+
+
+def test_admission_controller_started_late_adopts_authorized_stations_only(make_testbed):
+    """A port controller (re)started while hostapd already holds stations takes over the
+    AUTHORIZED ones and leaves a station that only began EAP outside."""
+    tb = make_testbed(2)
+    d1, d2 = tb.devices
+    tb.supplicant(d1)
+    assert tb.controller.wait_for(lambda c: admitted(c, d1), 15)
+    eapol_start(d2.ns)  # d2 starts EAP and never answers: hostapd lists it, unauthorized
+    assert tb.controller.wait_for(lambda c: c.entries("CTRL-EVENT-EAP-STARTED", "p2"), 10)
+    for dev, authorized in ((d1, True), (d2, False)):
+        with CtrlClient(os.path.join(tb.switch.ctrl_dir, dev.port)) as c:
+            sta = c.request(f"STA {dev.mac}")
+        assert not sta.startswith("FAIL") and ("[AUTHORIZED]" in parse_kv(sta)["flags"]) == authorized, sta
+    tb.switch.close()
+    ctl = tb.switch.start_controller()  # a fresh nftables table, filled from hostapd's state
+    assert ctl.authorized() == {"p1": {d1.mac}, "p2": set()}
+    assert [e.what for e in ctl.entries(port="p1")] == ["sync", "allow +open"] and not ctl.entries(port="p2")
+    assert l2_reach(tb.radius_ns, d1.ns, d1.mac) and l2_reach(d1.ns, tb.radius_ns)
+    assert not l2_reach(tb.radius_ns, d2.ns, d2.mac) and not l2_reach(d2.ns, tb.radius_ns)

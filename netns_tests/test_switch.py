@@ -34,9 +34,12 @@ def eapol_start(ns: str) -> None:
 def test_switch_closed_ports_pass_only_eapol(lab):
     sw = Switch(lab)
     devs = [sw.add_device(i) for i in (1, 2, 3)]
+    d1, d2, d3 = devs
+    # The same wiring without port control is a plain bridge: the probes below get through.
+    assert ping(d1.ns, d2.ip, count=2) == 2
+    assert l2_reach(d1.ns, d2.ns) and l2_reach(d2.ns, d3.ns, d3.mac)
     ctl = sw.start_controller()
     try:
-        d1, d2, d3 = devs
         # IPv4 and raw 0x88B5 frames between closed ports: nothing gets through.
         assert ping(d1.ns, d2.ip, count=2, timeout=0.5) == 0
         assert not l2_reach(d1.ns, d2.ns)
@@ -46,27 +49,35 @@ def test_switch_closed_ports_pass_only_eapol(lab):
         assert dropped and int(dropped.group(1)) > 0
         # EAPOL does reach the port's hostapd, which starts EAP for that station.
         eapol_start(d3.ns)
-        assert ctl.wait_for(lambda c: c.entries("CTRL-EVENT-EAP-STARTED", "p3"), 3)
+        assert ctl.wait_for(lambda c: c.entries("CTRL-EVENT-EAP-STARTED", "p3"), 10)
         assert ctl.entries("CTRL-EVENT-EAP-STARTED", "p3")[0].mac == d3.mac
         assert ctl.authorized() == {"p1": set(), "p2": set(), "p3": set()}
     finally:
         sw.close()
 
 
-def test_switch_controller_opens_and_closes_on_hostapd_state(lab):
-    """Without RADIUS: a station hostapd already lists is adopted only if AUTHORIZED, and
-    carrier loss on a port is logged as a fact even with no station on it."""
+def test_switch_controller_logs_carrier_of_a_port_without_station(lab):
+    """Without RADIUS: carrier loss and return on a port are logged as facts even with no
+    station on it. (Adopting stations hostapd already holds: test_admission.)"""
     sw = Switch(lab)
     d1 = sw.add_device(1)
     ctl = sw.start_controller()
     try:
         sw.set_carrier(d1.port, False)
-        assert ctl.wait_for(lambda c: c.entries("carrier-down", "p1"), 3)
+        assert ctl.wait_for(lambda c: c.entries("carrier-down", "p1"), 10)
         sw.set_carrier(d1.port, True)
-        assert ctl.wait_for(lambda c: c.entries("carrier-up", "p1"), 3)
-        assert ctl.authorized() == {"p1": set()}
+        assert ctl.wait_for(lambda c: c.entries("carrier-up", "p1"), 10)
+        assert [e.what for e in ctl.entries(port="p1")] == ["carrier-down", "carrier-up"]
     finally:
         sw.close()
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return True
 
 
 def test_switch_teardown_removes_everything(lab):
@@ -79,13 +90,10 @@ def test_switch_teardown_removes_everything(lab):
     sw.close()
     lab.close()
     assert not set(names) & set(list_netns())
-    time.sleep(0.1)
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                assert f.read().split(") ", 1)[1].startswith("Z")
-        except FileNotFoundError:
-            pass
+    deadline = time.monotonic() + 10
+    while not all(_gone_or_zombie(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [p for p in pids if not _gone_or_zombie(p)] == []
 
 
 def test_reap_stale_removes_namespaces_of_dead_owners_only(lab):

@@ -4,8 +4,10 @@ How this works: one CoAPacket(Disconnect-Request) from pyrad, naming the session
 (the device id) and Calling-Station-Id (its MAC, as the NAS reported it at admission), with
 Message-Authenticator and Event-Timestamp; retransmitted as is, `retries` times. The reply
 counts only if it is a Disconnect-ACK/-NAK whose Response Authenticator and
-Message-Authenticator verify with the NAS's secret. hostapd answers these when configured with
-`radius_das_port` / `radius_das_client`, deauthenticates the station and closes the port.
+Message-Authenticator verify with the NAS's secret; a request that cannot leave (no route to the
+NAS, an address that does not resolve) is reported as not sent, at once, rather than raised.
+hostapd answers these when configured with `radius_das_port` / `radius_das_client`,
+deauthenticates the station and closes the port.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ class DisconnectResult:
     acked: bool
     answered: bool
     error_cause: int | None = None
+    not_sent: str | None = None  # why the request could not leave (no route, bad address)
 
     def __str__(self) -> str:
+        if self.not_sent is not None:
+            return f"not sent ({self.not_sent})"
         if not self.answered:
             return "no answer"
         return "Disconnect-ACK" if self.acked else f"Disconnect-NAK (Error-Cause {self.error_cause})"
@@ -44,9 +49,16 @@ def disconnect(address: str, port: int, secret: str, user_name: str, calling_sta
         req["Calling-Station-Id"] = calling_station
     req["Event-Timestamp"] = int(time.time())
     raw = req.RequestPacket()
-    family, _, _, _, addr = socket.getaddrinfo(address, port, type=socket.SOCK_DGRAM)[0]
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect(addr)
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(address, port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        return DisconnectResult(False, False, not_sent=exc.strerror or str(exc))
+    with sock:
+        try:
+            sock.connect(addr)  # fails at once when there is no route to the NAS
+        except OSError as exc:
+            return DisconnectResult(False, False, not_sent=exc.strerror or str(exc))
         for _ in range(1 + retries):
             try:
                 sock.send(raw)
@@ -73,6 +85,10 @@ def _verified(req: packet.CoAPacket, data: bytes, secret: bytes, d) -> packet.Pa
     except Exception:  # noqa: BLE001 -- malformed datagram: drop it
         return None
     if reply.code not in (packet.DisconnectACK, packet.DisconnectNAK):
+        return None
+    if not reply.message_authenticator:
+        # pyrad's enforce_ma covers only replies to Access-Request/Status-Server; a
+        # Disconnect-ACK/-NAK must carry one too (BlastRADIUS, CVE-2024-3596)
         return None
     try:
         return reply if req.VerifyReply(reply, data, enforce_ma=True) else None
