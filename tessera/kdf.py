@@ -3,7 +3,7 @@
 One labelled HKDF gives domain separation between ticket kinds, proof keys and traffic keys: a
 key derived for one purpose never verifies or opens anything of another purpose, so a DRT
 cannot be spliced in where a TGT belongs and an LLK proof cannot pass as an STK proof.
-Known-answer vectors for every label live in tests/vectors/kdf.json.
+Byte layout: docs/layouts.md#hkdf-labels (every label spelled out; tests/unit/test_vectors.py checks them).
 """
 
 from __future__ import annotations

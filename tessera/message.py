@@ -22,6 +22,8 @@ proof (signature or MAC) over `body()` — every byte before it.
 
 Sizes (16-character ids, see tests/unit/test_size.py) all fit one Ethernet frame and a few
 RADIUS attribute instances of ≤ 247 bytes.
+
+Byte layout: docs/layouts.md#messages
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ MAC covers th, A's covers th ‖ B's finished: each side proves it holds the ses
 the same handshake (mutual authentication), and a changed frame changes every derived key.
 
 Both roles are state machines with transition tables; an input not in the table is StateError.
+
+Byte layout: docs/layouts.md#peer-key-schedule
 """
 
 from __future__ import annotations

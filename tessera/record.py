@@ -7,6 +7,8 @@ Each direction has its own key and IV from the session key schedule (peer.py). T
 keeps an RFC 4303-style sliding window (default 64 frames, like IPsec's minimum): a frame older
 than the window or already seen is a replay; the window only moves after the tag verifies, so a
 forged frame cannot advance it. A sender stops at 2**48 frames per key (rekey before).
+
+Byte layout: docs/layouts.md#peer-records
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@
   (Degabriele, Lehmann, Paterson, Smart, Strefler: "On the joint security of encryption and
   signature in EMV", CT-RSA 2012).
 Every failure to open raises `InvalidTicket`; the caller adds the local reason.
+
+Byte layout: docs/layouts.md#ecies-device-part
 """
 
 from __future__ import annotations

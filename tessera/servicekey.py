@@ -8,6 +8,8 @@ each master key with a labelled HKDF (kdf.TICKET_DRT / kdf.TICKET_TGT + realm), 
 
 At rest the master keys are sealed under a key-encryption key (KEK, a 32-byte file readable only
 by the service, like the Kerberos stash file), with the kvno and realm as associated data.
+
+Byte layout: docs/layouts.md#service-key-at-rest
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ Service-sealed tickets (only a server of the realm opens them; the server keeps 
 The ticket key differs per kind (HKDF label) and per realm, so a DRT never opens as a TGT and a
 ticket of one realm never opens in another. Sizes for a 16-character device id: DRT 103 bytes,
 TGT 111 bytes (see tests/unit/test_size.py).
+
+Byte layout: docs/layouts.md#service-sealed-tickets
 """
 
 from __future__ import annotations

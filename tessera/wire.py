@@ -3,6 +3,8 @@
 Every field is pulled from a `Reader` that never reads past its end: a short input raises
 `MalformedError`, never IndexError or struct.error. Every `pull_*` has a `push_*` twin on
 `Writer`, and message codecs are written as pairs with round-trip tests.
+
+Byte layout: docs/layouts.md#encodings
 """
 
 from __future__ import annotations
