@@ -14,9 +14,15 @@ is carried out here:
     SaveState       → <state-dir>/state, sealed, 0600, written atomically
     Log             → one log line (no keys or tickets ever reach a Log action)
 
-The status socket (<state-dir>/agent.sock) takes one JSON request per connection:
-{"cmd": "status"}, {"cmd": "send", "peer": ID, "data": TEXT}, {"cmd": "inbox"}, {"cmd": "stop"}.
-`tessera-agent status --state-dir DIR` prints the status.
+At start the agent restores <state-dir>/state. A file that does not open (truncated, corrupt,
+sealed for another device key) is moved aside to `state.corrupt` with a log line naming why,
+and the agent registers afresh: everything in it can be had again with the device key, and a
+device that refused to start would keep its port closed until someone came by.
+
+The status socket (<state-dir>/agent.sock, `StatusSocket`) takes one JSON request per
+connection: {"cmd": "status"}, {"cmd": "send", "peer": ID, "data": TEXT}, {"cmd": "inbox"},
+{"cmd": "stop"}; every connection gets exactly one JSON answer, an error object naming what was
+wrong when the request was not one. `tessera-agent status --state-dir DIR` prints the status.
 """
 
 from __future__ import annotations
@@ -38,13 +44,15 @@ from tessera.agent.l2 import PacketTransport
 from tessera.agent.link import CarrierWatcher, LinkDown as NetLinkDown, LinkUp as NetLinkUp
 from tessera.agent.supplicant import EAP_FAILURE, EAP_SUCCESS, PwdCredentials, Supplicant, TlsCredentials
 from tessera.device import DeviceClient
-from tessera.errors import TesseraError
+from tessera.errors import MalformedError, TesseraError
 from tessera.identity import BootstrapBundle, DeviceKey
 from tessera.node import (Deliver, FrameReceived, LinkDown, LinkUp, Log, Node, PortAuthorized, PortRejected,
                           RadiusAnswer, RadiusFailed, RadiusRequest, SaveState, SendFrame, StartAdmission, Timers)
 from tessera.radius.client import NoServerAnsweredError, RadiusClient, RejectedError, Server, load_dictionary
 
 log = logging.getLogger("tessera.agent")
+
+MAX_STATE = 4096  # the sealed state is at most ~2.2 KiB (two tickets of ≤ 1 KiB and three keys)
 
 
 def _where(exc: BaseException) -> str:
@@ -76,12 +84,7 @@ class Agent:
             raise ValueError("the agent needs the device key and certificate (in the bundle or as files)")
         self.client = DeviceClient(bundle, DeviceKey.from_pem(key_pem))
         self.state_path = os.path.join(state_dir, "state")
-        if os.path.exists(self.state_path):
-            try:
-                self.client.import_state(open(self.state_path, "rb").read())
-                log.info("%s: state restored (%s)", bundle.device_id, self.client.state.value)
-            except TesseraError as exc:
-                log.warning("%s: saved state unusable (%s): starting from enrolment", bundle.device_id, exc.reason)
+        self._restore_state()
         self.node = Node(self.client, os.urandom, timers)
         self.lock = threading.Lock()
         # files wpa_supplicant reads for EAP-TLS
@@ -95,6 +98,29 @@ class Agent:
         os.set_blocking(self.wake_r, False)
         self.inbox: list[tuple[float, str, str]] = []
         self.running = True
+        self.watcher = self.transport = self.supplicant = self.status = None
+
+    def _restore_state(self) -> None:
+        """Load the sealed state; move one that does not open aside (see the module docstring).
+        A file that cannot be read at all (a directory, an I/O error) raises OSError: main()
+        refuses to start with that reason, since moving it could lose what it holds."""
+        try:
+            with open(self.state_path, "rb") as f:
+                sealed = f.read(MAX_STATE + 1)
+        except FileNotFoundError:
+            return
+        dev = self.client.device_id
+        try:
+            if len(sealed) > MAX_STATE:
+                raise MalformedError(f"larger than the {MAX_STATE} bytes of any state the agent writes")
+            self.client.import_state(sealed)
+        except TesseraError as exc:
+            aside = self.state_path + ".corrupt"
+            os.replace(self.state_path, aside)
+            log.warning("%s: state file %s is unusable (%s): kept as %s; registering afresh",
+                        dev, self.state_path, exc.reason, aside)
+            return
+        log.info("%s: state restored (%s)", dev, self.client.state.value)
 
     def _file(self, name: str, data: bytes) -> str:
         path = os.path.join(self.state_dir, name)
@@ -156,40 +182,33 @@ class Agent:
         self.act(actions)
 
     # -- status socket -----------------------------------------------------------------------
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            conn.settimeout(2)
-            req = json.loads(conn.recv(65536) or b"{}")
-            if not isinstance(req, dict):
-                raise ValueError("a request is a JSON object")
-            cmd = req.get("cmd")
-            with self.lock:
-                if cmd == "status":
-                    out = self.node.status(time.time())
-                elif cmd == "send":
-                    peer, data = req.get("peer"), req.get("data")
-                    if not isinstance(peer, str) or not isinstance(data, str):
-                        acts, out = [], {"ok": False, "error": "send needs \"peer\" and \"data\" strings"}
-                    elif peer not in self.node.neighbours:
-                        acts, out = [], {"ok": False, "error": f"{peer} is not a neighbour"}
-                    else:
-                        try:
-                            acts, out = self.node.send(peer, data.encode(), time.time()), {"ok": True}
-                        except TesseraError as exc:
-                            acts, out = [], {"ok": False, "error": exc.reason}
-                elif cmd == "inbox":
-                    out, self.inbox = [{"time": t, "peer": p, "data": d} for t, p, d in self.inbox], []
-                elif cmd == "stop":
-                    self.running, out = False, {"ok": True}
+    def request(self, req: dict) -> object:
+        """Answer one status-socket request (a JSON object; `StatusSocket` checks that much)."""
+        cmd, acts = req.get("cmd"), []
+        with self.lock:
+            if cmd == "status":
+                out = self.node.status(time.time())
+            elif cmd == "send":
+                peer, data = req.get("peer"), req.get("data")
+                if not isinstance(peer, str) or not isinstance(data, str):
+                    out = {"ok": False, "error": "send needs \"peer\" and \"data\" strings"}
+                elif peer not in self.node.neighbours:
+                    out = {"ok": False, "error": f"{peer[:64]} is not a neighbour"}
                 else:
-                    out = {"ok": False, "error": f"unknown command {cmd!r}"}
-            if cmd == "send":
-                self.act(acts)
-            conn.sendall(json.dumps(out).encode())
-        except (OSError, ValueError, KeyError) as exc:
-            log.debug("status socket: %s", exc)
-        finally:
-            conn.close()
+                    try:
+                        acts, out = self.node.send(peer, data.encode(), time.time()), {"ok": True}
+                    except UnicodeEncodeError:
+                        out = {"ok": False, "error": "data is not valid Unicode text"}
+                    except TesseraError as exc:
+                        out = {"ok": False, "error": exc.reason}
+            elif cmd == "inbox":
+                out, self.inbox = [{"time": t, "peer": p, "data": d} for t, p, d in self.inbox], []
+            elif cmd == "stop":
+                self.running, out = False, {"ok": True}
+            else:
+                out = {"ok": False, "error": f"unknown command {str(cmd)[:64]!r}"}
+        self.act(acts)
+        return out
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -197,13 +216,7 @@ class Agent:
         self.watcher = CarrierWatcher([self.ifname])
         self.transport = PacketTransport(self.ifname)
         self.supplicant = Supplicant(self.ifname, self.tls, self.state_dir)
-        sock_path = os.path.join(self.state_dir, "agent.sock")
-        if os.path.exists(sock_path):
-            os.unlink(sock_path)
-        self.status = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.status.bind(sock_path)
-        os.chmod(sock_path, 0o600)
-        self.status.listen(8)
+        self.status = StatusSocket(os.path.join(self.state_dir, "agent.sock"), self.request)
         log.info("%s: agent on %s (%s), realm %s, servers %s", dev, self.ifname, self.transport.mac,
                  self.client.realm, ", ".join(f"{s.server_id}={s.host}:{s.port}" for s in self.servers))
         try:
@@ -213,8 +226,8 @@ class Agent:
             next_tick = time.monotonic()
             while self.running:
                 timeout = max(0.0, next_tick - time.monotonic())
-                ready, _, _ = select.select([self.watcher, self.supplicant.mon, self.transport, self.wake_r, self.status],
-                                            [], [], timeout)
+                ready, _, _ = select.select([self.watcher, self.supplicant.mon, self.transport, self.wake_r,
+                                             *self.status.sockets()], [], [], timeout)
                 if self.watcher in ready:
                     for ev in self.watcher.poll(0):
                         if isinstance(ev, NetLinkUp):
@@ -240,9 +253,7 @@ class Agent:
                         pass
                     while not self.results.empty():
                         self.feed(self.results.get())
-                if self.status in ready:
-                    conn, _ = self.status.accept()
-                    self._serve(conn)
+                self.status.ready(ready, time.monotonic())
                 if time.monotonic() >= next_tick:
                     self.feed(None)
                     next_tick = time.monotonic() + self.tick
@@ -251,13 +262,137 @@ class Agent:
         return 0
 
     def close(self) -> None:
-        for part in ("supplicant", "transport", "watcher", "status"):
-            obj = getattr(self, part, None)
+        for obj in (self.supplicant, self.transport, self.watcher, self.status):
             if obj is not None:
                 try:
                     obj.close()
                 except OSError:
                     pass
+
+
+class StatusSocket:
+    """The agent's status socket: one JSON request per connection, exactly one JSON answer.
+
+    Served from the agent's select() loop without blocking it: `sockets()` are what to wait on,
+    `ready(readable, now)` does what is due. Each connection is read as its bytes arrive, so a
+    client that sends nothing or dribbles holds up neither the protocol nor other clients; it is
+    answered with an error after `timeout`. A request ends at the client's EOF (`query` shuts
+    down its sending side) or as soon as the bytes read are a whole JSON value. Bounded: a request
+    over `max_request` bytes and a connection beyond `max_clients` open ones are answered with an
+    error at once. The answer is the handler's, or {"ok": false, "error": ...} naming what was
+    wrong: empty, not JSON, not an object, too large, too slow, too many clients.
+    """
+
+    def __init__(self, path: str, handle, timeout: float = 2.0, max_request: int = 65536, max_clients: int = 16):
+        self.path, self.handle = path, handle
+        self.timeout, self.max_request, self.max_clients = timeout, max_request, max_clients
+        if os.path.exists(path):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o600)
+        self.sock.listen(max_clients)
+        self.sock.setblocking(False)
+        self.clients: dict[socket.socket, tuple[bytearray, float]] = {}  # conn → (bytes so far, deadline)
+
+    def sockets(self) -> list[socket.socket]:
+        return [self.sock, *self.clients]
+
+    def ready(self, readable, now: float) -> None:
+        if self.sock in readable:
+            self._accept(now)
+        for conn in [c for c in readable if c in self.clients]:
+            self._read(conn)
+        for conn, (_, deadline) in list(self.clients.items()):
+            if now >= deadline:
+                self._answer(conn, _error(f"no complete request within {self.timeout:g} s"))
+
+    def _accept(self, now: float) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: the client waits in the backlog
+                log.debug("status socket: accept: %s", exc)
+                return
+            if len(self.clients) >= self.max_clients:
+                self._send(conn, _error(f"busy: {self.max_clients} requests open"))
+                continue
+            conn.setblocking(False)
+            self.clients[conn] = (bytearray(), now + self.timeout)
+
+    def _read(self, conn: socket.socket) -> None:
+        buf = self.clients[conn][0]
+        try:
+            chunk = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("status socket: %s", exc)
+            del self.clients[conn]
+            conn.close()
+            return
+        buf += chunk
+        if len(buf) > self.max_request:
+            self._answer(conn, _error(f"request larger than {self.max_request} bytes"))
+        elif not chunk:  # EOF: the request is what came
+            self._answer(conn, self._decide(buf))
+        else:
+            try:
+                json.loads(buf)
+            except (ValueError, RecursionError):
+                return  # not whole yet: wait for more, EOF or the deadline
+            self._answer(conn, self._decide(buf))
+
+    def _decide(self, buf: bytearray) -> object:
+        if not buf.strip():
+            return _error("empty request")
+        try:
+            req = json.loads(buf)
+        except RecursionError:
+            return _error("request is not JSON: nested too deeply")
+        except ValueError as exc:
+            return _error(f"request is not JSON: {exc}")
+        if not isinstance(req, dict):
+            return _error(f"a request is a JSON object, not {type(req).__name__}")
+        try:
+            return self.handle(req)
+        except Exception as exc:  # a bug: answer, log where (never values) and go on
+            log.error("status socket: internal error: %s", _where(exc))
+            return _error("internal error")
+
+    def _answer(self, conn: socket.socket, out: object) -> None:
+        del self.clients[conn]
+        self._send(conn, out)
+
+    def _send(self, conn: socket.socket, out: object) -> None:
+        try:
+            conn.setblocking(True)
+            conn.settimeout(self.timeout)
+            conn.sendall(json.dumps(out).encode())
+            # Closing with unread bytes queued makes the kernel reset the connection, and the
+            # client would read ECONNRESET instead of the answer: take what is queued first.
+            conn.setblocking(False)
+            for _ in range(16):
+                if not conn.recv(65536):
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:  # the client left early
+            log.debug("status socket: %s", exc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self.clients:
+            conn.close()
+        self.clients.clear()
+        self.sock.close()
+
+
+def _error(text: str) -> dict:
+    return {"ok": False, "error": text}
 
 
 def query(state_dir: str, request: dict, timeout: float = 3.0) -> object:
@@ -266,8 +401,11 @@ def query(state_dir: str, request: dict, timeout: float = 3.0) -> object:
     s.settimeout(timeout)
     try:
         s.connect(os.path.join(state_dir, "agent.sock"))
-        s.sendall(json.dumps(request).encode())
-        s.shutdown(socket.SHUT_WR)
+        try:
+            s.sendall(json.dumps(request).encode())
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent answered without reading (busy): the answer is waiting
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -309,6 +447,13 @@ def main(argv: list[str] | None = None) -> int:
             st = query(a.state_dir, {"cmd": "status"})
         except OSError as exc:
             print(f"tessera-agent: no agent answers in {a.state_dir}: {exc}", file=sys.stderr)
+            return 1
+        except ValueError:
+            print(f"tessera-agent: the agent in {a.state_dir} gave no status (not JSON)", file=sys.stderr)
+            return 1
+        if not isinstance(st, dict) or "device_id" not in st:
+            error = st.get("error") if isinstance(st, dict) else None
+            print(f"tessera-agent: the agent in {a.state_dir} gave no status: {error if error else repr(st)}", file=sys.stderr)
             return 1
         print(json.dumps(st, indent=2)) if a.json else print_status(st)
         return 0

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import json
 import os
+import re
 import sys
 import time
 
-from .errors import TesseraError
-from .identity import ServerEntry, load_certificate, pem_certificate
+from .errors import InvalidTicket, MalformedError, TesseraError
+from .identity import ServerEntry, check_device_id, load_certificate, pem_certificate
 from .realm import Realm, create_kek, open_realm, read_kek
 from .registry import RegistryError
 from .seal import point_bytes
@@ -31,14 +33,63 @@ def _when(t: int | None) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
 
 
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")  # RFC 1123 host name
+
+
+def _host_port(spec: str, default_port: int) -> tuple[str, int]:
+    """host[:port]: an IPv4 address, an IPv6 address (bare, or in brackets to add a port) or a
+    DNS name; the port 1-65535. Raises ValueError naming what is wrong."""
+    if spec.startswith("["):
+        host, bracket, rest = spec[1:].partition("]")
+        if not bracket or rest[:1] not in ("", ":"):
+            raise ValueError("an IPv6 address in brackets is [address] or [address]:port")
+        ipaddress.IPv6Address(host)
+        has_port, port = rest.startswith(":"), rest[1:]
+    elif spec.count(":") > 1:  # a bare IPv6 address, no port
+        ipaddress.IPv6Address(spec)
+        host, has_port, port = spec, False, ""
+    else:
+        host, colon, port = spec.partition(":")
+        has_port = bool(colon)
+        if not _HOSTNAME.fullmatch(host) or (host.replace(".", "").isdigit() and not _is_ipv4(host)):
+            raise ValueError(f"{host!r} is neither an IP address nor a host name")
+    if has_port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
+    return host, int(port) if has_port else default_port
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _server(spec: str) -> ServerEntry:
     """id=host[:port]"""
     try:
         sid, addr = spec.split("=", 1)
-        host, _, port = addr.rpartition(":") if addr.count(":") == 1 or addr.startswith("[") else (addr, "", "")
-        return ServerEntry(sid, (host or addr).strip("[]"), int(port) if port else 1812)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"server must be id=host[:port], not {spec!r}") from None
+        try:
+            check_device_id(sid)  # server ids share the device ids' syntax (both travel as ids)
+        except MalformedError:
+            raise ValueError(f"bad server id {sid!r}") from None
+        return ServerEntry(sid, *_host_port(addr, 1812))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"server must be id=host[:port], not {spec!r} ({exc})") from None
+
+
+def _nas_address(spec: str) -> tuple[str, int]:
+    """host[:port] of a NAS's Disconnect-Request listener (RFC 5176), port 3799 by default."""
+    try:
+        return _host_port(spec, 3799)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"NAS address must be host[:port], not {spec!r} ({exc})") from None
 
 
 def _write_private(path: str, data: str | bytes) -> None:
@@ -153,12 +204,12 @@ def cmd_revoke(a, now, realm: Realm):
 
 def cmd_nas(a, now, realm: Realm):
     if a.action == "add":
-        host, _, port = a.address.rpartition(":") if ":" in a.address else (a.address, "", "")
-        realm.add_nas(a.name, host or a.address, int(port or 3799), a.secret, now)
-        print(f"NAS {a.name} at {host or a.address}:{int(port or 3799)} takes Disconnect-Requests")
+        host, port = a.address
+        realm.add_nas(a.name, host, port, a.secret, now)
+        print(f"NAS {a.name} at {_where(host, port)} takes Disconnect-Requests")
     else:
         for name, address, port in realm.registry.list_nas():
-            print(f"  {name:<24} {address}:{port}")
+            print(f"  {name:<24} {_where(address, port)}")
 
 
 def cmd_rotate(a, now, realm: Realm):
@@ -191,6 +242,15 @@ def cmd_export_ca(a, now, realm: Realm):
     with open(a.out, "wb") as f:
         f.write(b"".join(pem_certificate(c) for c in realm.trusted_cas()))
     print(f"device CA bundle (for the EAP module's ca_file) in {a.out}")
+
+
+def _open(a) -> Realm:
+    if not os.path.exists(a.db):  # do not leave an empty registry behind a mistyped path
+        raise RegistryError(f"no registry at {a.db} (create one with `tessera-admin init`)")
+    try:
+        return open_realm(a.db, a.kek)
+    except InvalidTicket:
+        raise RegistryError(f"the KEK in {a.kek} does not open the registry {a.db} (another realm's KEK?)") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -231,7 +291,7 @@ def parser() -> argparse.ArgumentParser:
     n = sub.add_parser("nas", help="NASes (switches) that take Disconnect-Requests")
     n.add_argument("action", choices=("add", "list"))
     n.add_argument("name", nargs="?", help="its NAS-Identifier")
-    n.add_argument("address", nargs="?", help="host[:port], port 3799 by default")
+    n.add_argument("address", nargs="?", type=_nas_address, help="host[:port], port 3799 by default ([v6]:port)")
     n.add_argument("--secret", help="the DAS shared secret")
     sub.add_parser("rotate", help="new service key version")
     sub.add_parser("keys", help="list service key versions (never the keys)")
@@ -261,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "init":
             cmd_init(a, now)
         else:
-            COMMANDS[a.cmd](a, now, open_realm(a.db, a.kek))
+            COMMANDS[a.cmd](a, now, _open(a))
     except (TesseraError, RegistryError, PermissionError, FileNotFoundError, ValueError) as exc:
         print(f"tessera-admin: {exc}", file=sys.stderr)
         return 1

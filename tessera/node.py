@@ -8,7 +8,8 @@ timer ticks go in; actions come out (start 802.1X, ask the realm, send a frame, 
     PortRejected                  EAP-PWD refused → fall back to EAP-TLS; EAP-TLS refused → stay
                                   closed and try again after a back-off
     RadiusAnswer / RadiusFailed   feed the DeviceClient or the peer handshake; a failure backs off
-                                  (clock-skew: adopt the server's time and retry at once)
+                                  (clock-skew: adopt the server's time and retry at once, once;
+                                  superseded / not-registered: the DRT is dead, register afresh)
     FrameReceived                 PeerAnnounce → the lower device id starts a handshake;
                                   PeerHello → ask the realm for a session key; PeerTicket /
                                   PeerFinished → establish; PeerData → open and deliver;
@@ -31,7 +32,8 @@ from typing import Callable
 
 from . import message as m
 from .device import DeviceClient, State
-from .errors import ClockSkewError, RevokedError, StateError, TesseraError, UnknownDeviceError
+from .errors import (ClockSkewError, NotRegisteredError, RevokedError, StateError, SupersededError, TesseraError,
+                     UnknownDeviceError)
 from .peer import Channel, PeerInitiator, PeerResponder, PeerState
 from .record import session_id_of
 
@@ -167,6 +169,7 @@ class Node:
         self.port = Port.DOWN
         self.method: str | None = None
         self.offset = 0.0  # server time minus our clock, learned from a clock-skew reply
+        self.skew_retried = False  # the last answer was a clock-skew, retried at once
         self.neighbours: dict[str, Neighbour] = {}
         self.sessions: dict[str, Session] = {}  # by peer: the current session
         self.by_id: dict[bytes, tuple[str, Session]] = {}  # every usable session id (old ones for a grace)
@@ -206,7 +209,7 @@ class Node:
             self._radius(event, t, out)
         elif isinstance(event, FrameReceived):
             self._frame(event, t, out)
-        self._tick(t, out)
+        self._tick(now + self.offset, out)  # a clock-skew answer may have just moved the offset
         return out
 
     def send(self, peer: str, data: bytes, now: float) -> list[Action]:
@@ -299,12 +302,18 @@ class Node:
                     self._feed_reply(kind, ctx, ev.reply, t)
                 raise TesseraError(ev.reason)
             self._feed_reply(kind, ctx, ev.reply, t, out)
+            self.skew_retried = False
         except ClockSkewError as exc:
             if exc.server_time:
-                self.offset += exc.server_time - t
-                out.append(Log("clock", f"clock off by {exc.server_time - t:+.0f} s: using the server's time"))
-            self._failed(kind, ctx, exc, t, out, retry_now=True)
+                off, t = exc.server_time - t, exc.server_time  # from here on, the server's time
+                self.offset += off
+                out.append(Log("clock", f"clock off by {off:+.0f} s: using the server's time"))
+            # the first clock-skew is retried at once on the adopted time; another one straight
+            # after it (a server whose clock jumps, or someone answering for it) backs off
+            again, self.skew_retried = self.skew_retried, True
+            self._failed(kind, ctx, exc, t, out, retry_now=not again)
         except TesseraError as exc:
+            self.skew_retried = False
             self._failed(kind, ctx, exc, t, out)
 
     def _feed_reply(self, kind: str, ctx, reply: bytes, t: float, out: list[Action] | None = None) -> None:
@@ -334,7 +343,8 @@ class Node:
             self.retry_at = t if retry_now else t + self.backoff
             if not retry_now:
                 self.backoff = min(self.backoff * 2, self.timers.retry_max)
-            if isinstance(exc, (UnknownDeviceError, RevokedError)):  # the realm will not talk to us
+            if isinstance(exc, (UnknownDeviceError, RevokedError, SupersededError, NotRegisteredError)):
+                # the realm will not talk to us, or our DRT is dead: only a new registration helps
                 self.client.registration = self.client.credentials = None
                 self.client.state = State.ENROLLED
             out.append(Log(f"{kind}-failed", f"{exc}; retry in {self.retry_at - t:.0f} s"))

@@ -20,23 +20,31 @@ def test_wire_round_trip(a, b, c, d, blob, text):
 def test_reader_bounds():
     with pytest.raises(E.MalformedError):
         Reader(b"\x00").pull_u16()
+    assert Reader(b"\x01\x02").pull_u16() == 0x0102  # control: two bytes are enough
     with pytest.raises(E.MalformedError):
         Reader(b"\x05ab").pull_vbytes()
+    assert Reader(b"\x02ab").pull_vbytes() == b"ab"
     with pytest.raises(E.MalformedError):
         Reader(b"\x02\xff\xfe").pull_str()
+    assert Reader(b"\x02\xc3\xa9").pull_str() == "\u00e9"
     r = Reader(b"ab")
     r.pull_u8()
     with pytest.raises(E.MalformedError):
         r.finish()
+    r.pull_u8()
+    r.finish()  # control: read to the end, it finishes
     with pytest.raises(ValueError):
         Writer().push_vbytes(b"x" * 256)
+    assert len(Writer().push_vbytes(b"x" * 255).getvalue()) == 256
 
 
 def test_vbytes_over_its_bound_is_malformed():
     with pytest.raises(E.MalformedError):
         Reader(Writer().push_vbytes(b"x" * 20).getvalue()).pull_vbytes(max_len=10)
+    assert Reader(Writer().push_vbytes(b"x" * 10).getvalue()).pull_vbytes(max_len=10) == b"x" * 10
     with pytest.raises(E.MalformedError):
         Reader(Writer().push_vbytes(b"x" * 2000, 4000).getvalue()).pull_vbytes(1024)
+    assert Reader(Writer().push_vbytes(b"x" * 1024, 4000).getvalue()).pull_vbytes(1024) == b"x" * 1024
 
 
 @given(realm=st.from_regex(r"[a-z][a-z0-9.-]{0,20}", fullmatch=True), dev=st.from_regex(r"[A-Z][A-Z0-9-]{0,30}", fullmatch=True),
@@ -51,6 +59,7 @@ def test_message_round_trip(realm, dev, ts, nonce, blob):
 
 def test_decode_rejects_unknown_type_version_and_unexpected():
     ok = m.ErrorMessage(2, 0, "x").encode()
+    assert m.decode(ok) == m.ErrorMessage(2, 0, "x") == m.decode(ok, (m.ErrorMessage,))  # control
     with pytest.raises(E.UnsupportedVersionError):
         m.decode(b"\x02" + ok[1:])
     with pytest.raises(E.MalformedError):
@@ -65,7 +74,8 @@ def test_decode_rejects_unknown_type_version_and_unexpected():
 
 def test_repr_never_shows_proofs_or_blobs():
     msg = m.AuthRequest("r", "d", "s", 1, b"N" * 16, b"SECRETBLOB", b"M" * 32)
-    assert "SECRETBLOB" not in repr(msg) and "MMMM" not in repr(msg) and "d" in repr(msg)
+    assert "SECRETBLOB" not in repr(msg) and "MMMM" not in repr(msg) and "NNNN" not in repr(msg)
+    assert repr(msg) == "AuthRequest(realm='r', device_id='d', server_id='s', timestamp=1)"  # what it does show
 
 
 def test_bootstrap_bundle_round_trip_and_validation():

@@ -2,6 +2,7 @@
 to encrypted traffic with no manual step, link flap, server down and back, rekey, revocation."""
 
 from collections import deque
+from typing import Callable
 
 import pytest
 
@@ -24,6 +25,12 @@ class Net:
         self.frames: list[tuple[str, str, bytes]] = []
         self.now = float(T0)
         self.queue: deque = deque()
+        self.clock: dict[str, float] = {}  # device → how far its clock is off the service's
+        self.answers: list[tuple[str, str, str]] = []  # (device, operation, "ok" or the error's name)
+        self.intercept: dict[str, Callable] = {}  # device → f(RadiusRequest) -> event in place of the service's
+
+    def time_of(self, dev: str) -> float:
+        return self.now + self.clock.get(dev, 0.0)
 
     def add(self, device_id: str, how: str = "key") -> Node:
         node = Node(make_device(self.realm, device_id, how), self.rand, Timers(rekey_before=300))
@@ -49,14 +56,17 @@ class Net:
         self.queue.extend(events)
         end = self.now + seconds
         while True:
+            handled = 0
             while self.queue:
+                handled += 1  # nodes that answer each other for ever fail here instead of hanging
+                assert handled < 10_000, f"no quiet moment at {self.now - T0:.1f} s: {self.queue[0]}"
                 dev, ev = self.queue.popleft()
-                self.act(dev, self.nodes[dev].handle(ev, self.now))
+                self.act(dev, self.nodes[dev].handle(ev, self.time_of(dev)))
             if self.now >= end:
                 return
             self.now += step
             for dev, node in self.nodes.items():
-                self.act(dev, node.handle(None, self.now))
+                self.act(dev, node.handle(None, self.time_of(dev)))
 
     def act(self, dev: str, actions) -> None:
         for a in actions:
@@ -64,13 +74,18 @@ class Net:
                 ok = self.admit(dev, a)
                 self.queue.append((dev, PortAuthorized(a.method) if ok else PortRejected(a.method)))
             elif isinstance(a, RadiusRequest):
+                if dev in self.intercept:
+                    self.queue.append((dev, self.intercept[dev](a)))
+                    continue
                 if not self.server_up:
                     self.queue.append((dev, RadiusFailed(a.op_id, "no RADIUS server answered")))
                     continue
                 try:
                     self.queue.append((dev, RadiusAnswer(a.op_id, self.service.handle(a.build("radius-a"), self.now))))
+                    self.answers.append((dev, a.operation, "ok"))
                 except E.TesseraError as exc:
                     self.queue.append((dev, RadiusFailed(a.op_id, exc.reason, self.service.error_reply(exc, self.now))))
+                    self.answers.append((dev, a.operation, exc.name))
             elif isinstance(a, SendFrame):
                 self.frames.append((dev, a.dst, a.payload))
                 for other, mac in self.macs.items():
@@ -84,7 +99,7 @@ class Net:
         self.run([(dev, LinkUp() if up else LinkDown())])
 
     def send(self, src: str, dst: str, data: bytes) -> None:
-        self.act(src, self.nodes[src].send(dst, data, self.now))
+        self.act(src, self.nodes[src].send(dst, data, self.time_of(src)))
         self.run()
 
 
@@ -194,3 +209,110 @@ def test_a_late_eap_result_does_not_open_a_port_that_is_down(net):
     node = net.nodes["SN-A"]
     acts = node.handle(PortAuthorized("tls"), net.now)
     assert node.port is Port.DOWN and any(isinstance(a, Log) and "ignored" in a.text for a in acts)
+    assert not any(isinstance(a, RadiusRequest) for a in acts)
+    # control: the same result while the port is admitting opens it and starts registration
+    node.handle(LinkUp(), net.now)
+    acts = node.handle(PortAuthorized("tls"), net.now)
+    assert node.port is Port.UP and [a.operation for a in acts if isinstance(a, RadiusRequest)] == ["register"]
+
+
+# -- registration lifecycle: expiry, re-registration, and being told the DRT is dead --------------
+SHORT = dict(registration_lifetime=4 * 3600, tgt_lifetime=3600, session_lifetime=1800, clock_skew=300)
+
+
+@pytest.fixture
+def short(tmp_path, rand):
+    """Two devices up and peered in a realm with short lifetimes (DRT 4 h, TGT 1 h, session
+    30 min), on a registry file (so it can be backed up and restored)."""
+    import os
+    import sqlite3
+
+    from tessera.realm import Realm
+    from tessera.service import Policy
+    from tessera.sqlite_registry import SQLiteRegistry
+
+    realm = Realm.init(SQLiteRegistry(str(tmp_path / "registry.db")), os.urandom(32), "example.net", T0,
+                       Policy(**SHORT), rand)
+    n = Net(realm, realm.service("radius-a"), rand)
+    n.add("SN-A", "bundle")
+    n.add("SN-B", "certificate")
+    with sqlite3.connect(tmp_path / "registry.db") as db, sqlite3.connect(tmp_path / "enrolled.db") as backup:
+        db.backup(backup)  # as an operator's backup would: enrolled, nobody registered yet
+    for dev in n.nodes:
+        n.carrier(dev, True)
+    n.run(seconds=3)
+    assert sorted(n.nodes["SN-A"].sessions) == ["SN-B"] and n.nodes["SN-A"].client.registration.generation == 1
+    return n
+
+
+def ops(net, dev: str, since: int = 0) -> list[tuple[str, str]]:
+    return [(op, how) for d, op, how in net.answers[since:] if d == dev]
+
+
+def talks(net) -> bool:
+    n = len(net.delivered)
+    net.send("SN-A", "SN-B", b"still here")
+    return net.delivered[n:] == [("SN-A", "SN-B", b"still here")]
+
+
+def test_node_reregisters_before_its_registration_ends_and_gets_a_new_tgt(short):
+    a = short.nodes["SN-A"]
+    first = a.client.registration
+    short.run(seconds=3 * 3600 - 600, step=60)  # before the last quarter of the DRT's 4 h
+    assert a.client.registration is first
+    short.run(seconds=1200, step=60)  # into it
+    reg = a.client.registration
+    assert reg.generation == 2 and reg.not_before >= T0 + 3 * 3600 and reg.llk != first.llk
+    assert short.realm.registry.get_device("SN-A").generation == 2
+    # the TGT in hand comes from the new registration: it was issued after it and renews with it
+    assert a.client.credentials.not_before >= reg.not_before and a.client.next_action(short.now) is None
+    assert talks(short)
+
+
+def test_node_past_its_registration_expiry_registers_again_when_the_realm_is_back(short):
+    a = short.nodes["SN-A"]
+    short.server_up = False
+    short.run(seconds=5 * 3600, step=300)  # the DRT (4 h) is gone, and with it TGT and sessions
+    assert short.now > a.client.registration.not_after and a.sessions == {}
+    assert a.client.next_action(short.now) == "register"
+    mark = len(short.answers)
+    short.server_up = True
+    short.run(seconds=120, step=1)
+    assert ops(short, "SN-A", mark)[:2] == [("register", "ok"), ("ticket", "ok")]  # not a TGT from a dead DRT
+    assert a.client.registration.generation == 2 and a.client.credentials.not_after > short.now
+    short.run(seconds=10, step=1)
+    assert sorted(a.sessions) == ["SN-B"] and talks(short)
+
+
+def test_node_told_superseded_registers_again(short):
+    """Someone registered SN-A again behind its back (a restored copy of the device, a replayed
+    registration): the realm says its DRT is superseded; the node registers afresh at once
+    instead of asking for TGTs with a dead DRT until the DRT's last quarter."""
+    from tessera.device import DeviceClient
+
+    a = short.nodes["SN-A"]
+    twin = DeviceClient(short.realm.bundle("SN-A", [], ""), a.client.key)
+    twin.register_reply(short.service.handle(twin.register_request("radius-a", short.now, short.rand(16)), short.now), short.now)
+    assert short.realm.registry.get_device("SN-A").generation == 2
+    mark = len(short.answers)
+    short.run(seconds=3600, step=10)  # past the renewal point of the 1 h TGT
+    assert ops(short, "SN-A", mark)[:3] == [("ticket", "superseded"), ("register", "ok"), ("ticket", "ok")]
+    assert a.client.registration.generation == 3 and a.client.credentials.not_after > short.now
+    assert talks(short)
+
+
+def test_node_told_not_registered_registers_again(short, tmp_path):
+    """The registry was restored from a backup taken before the devices registered: their
+    (authentic) DRTs name registrations the realm no longer knows; the node registers again."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "enrolled.db") as backup, sqlite3.connect(tmp_path / "registry.db") as db:
+        backup.backup(db)  # restored under the running service
+    assert short.realm.registry.get_device("SN-A").state.value == "enrolled"
+    mark = len(short.answers)
+    short.run(seconds=3600, step=10)  # past the renewal point of the 1 h TGT
+    assert ops(short, "SN-A", mark)[:3] == [("ticket", "not-registered"), ("register", "ok"), ("ticket", "ok")]
+    assert short.realm.registry.get_device("SN-A").state.value == "registered"
+    assert short.nodes["SN-A"].client.registration.generation == 1  # the restored registry counts from 0 again
+    short.run(seconds=30, step=1)
+    assert talks(short)

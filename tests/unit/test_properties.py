@@ -23,13 +23,14 @@ def world():
     realm = Realm.init(SQLiteRegistry(":memory:"), os.urandom(32), "example.net", T0, random=rand)
     svc = realm.service("radius-a")
     a, b = make_device(realm, "SN-A"), make_device(realm, "SN-B")
+    r = make_device(realm, "SN-R")  # registers only in the control below: A's and B's tickets stay current
     admit(svc, a, rand)
     admit(svc, b, rand)
     ia, rb = PeerInitiator(a, "SN-B"), PeerResponder(b)
     hello = ia.hello(T0, rand(16))
     rb.receive_hello(hello, T0)
     reqs = {
-        "register": a.register_request("radius-a", T0, rand(16)),
+        "register": r.register_request("radius-a", T0, rand(16)),
         "auth": a.auth_request("radius-a", T0, rand(16)),
         "renew": b.renew_request("radius-a", T0, rand(16)),
         "session": rb.session_request("radius-a", T0, rand(16)),
@@ -38,6 +39,16 @@ def world():
 
 
 KINDS = ["register", "auth", "renew", "session"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_untouched_requests_are_accepted(world, kind):
+    """The control for every property below: each request, as built, is accepted by a server of
+    the same realm (a fresh process: its own replay cache), so their refusals are the damage's."""
+    fresh = world["realm"].service("radius-a")
+    reply = m.decode(fresh.handle(world["reqs"][kind], T0))
+    assert type(reply) is {"register": m.RegisterReply, "auth": m.TicketReply, "renew": m.TicketReply,
+                           "session": m.SessionReply}[kind]
 
 
 @SETTINGS
@@ -92,6 +103,8 @@ def test_splice_of_two_tickets_is_invalid(world, data):
     assume(spliced not in (a.credentials.tgt, b.credentials.tgt))  # a shared header is no splice
     with pytest.raises(E.InvalidTicket):
         open_ticket(world["realm"].keyring, spliced, GrantingTicket, T0)
+    for whole, dev in ((a.credentials.tgt, "SN-A"), (b.credentials.tgt, "SN-B")):  # control
+        assert open_ticket(world["realm"].keyring, whole, GrantingTicket, T0).device_id == dev
 
 
 def test_ticket_of_one_kind_or_device_in_place_of_another(world):
@@ -102,6 +115,11 @@ def test_ticket_of_one_kind_or_device_in_place_of_another(world):
     b_tgt_as_a = m.RenewRequest("example.net", "SN-A", "radius-a", T0, rand(16), b.credentials.tgt)
     with pytest.raises(E.InvalidTicket):
         svc.handle(b_tgt_as_a.encode(), T0)
+    # control: A's own TGT in the same request (with A's proof) is taken
+    import copy
+
+    own = copy.copy(a)
+    assert m.decode(svc.handle(own.renew_request("radius-a", T0, rand(16)), T0)).device_id == "SN-A"
 
 
 @SETTINGS
@@ -118,17 +136,22 @@ def test_arbitrary_bytes_never_crash_the_service_or_decoder(world, junk):
 @SETTINGS
 @given(data=st.data())
 def test_device_rejects_any_flipped_reply(world, data):
+    import copy
+
     from tessera.device import DeviceClient
     a = world["a"]
     twin = DeviceClient(world["realm"].bundle("SN-A", [], ""), a.key)
     twin.registration = a.registration
     twin.state = twin.state.REGISTERED
     req = twin.auth_request("radius-a", T0, world["rand"](16))
-    reply = bytearray(world["svc"].handle(req, T0))
+    good = bytes(world["svc"].handle(req, T0))
+    control = copy.copy(twin)  # the same twin, same outstanding request
+    reply = bytearray(good)
     reply[data.draw(st.integers(0, len(reply) - 1))] ^= 1 << data.draw(st.integers(0, 7))
     with pytest.raises(E.TesseraError):
         twin.ticket_reply(bytes(reply), T0)
     assert twin.credentials is None and twin.state is twin.state.REGISTERED
+    assert control.ticket_reply(good, T0).not_after > T0 and control.state is control.state.AUTHENTICATED
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +200,9 @@ def test_peer_frames_flipped_are_rejected(world):
                 with pytest.raises(E.TesseraError):
                     rb.receive_finished(bytes(bad), T0)
                 assert rb.channel is None
+    # control: the same handshake, untouched, establishes both ends
+    ia, rb = PeerInitiator(a, "SN-B"), PeerResponder(b)
+    rb.receive_hello(ia.hello(T0, rand(16)), T0)
+    ticket = rb.receive_session_reply(svc.handle(rb.session_request("radius-a", T0, rand(16)), T0), T0)
+    ba = rb.receive_finished(ia.receive_ticket(ticket, T0), T0)
+    assert ba.open(ia.channel.seal(b"untouched")) == b"untouched"

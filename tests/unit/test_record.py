@@ -29,12 +29,16 @@ def test_window_edges():
     w = ReplayWindow(64)
     with pytest.raises(E.ReplayError):
         w.check(0)
+    w.check(1)  # control: the first number a sender uses
     w.accept(100)
     w.check(37)  # 100 - 37 = 63: inside
     with pytest.raises(E.ReplayError):
         w.check(36)
     w.accept(1000)  # a jump beyond the window clears it
-    assert w.bits == 1
+    assert w.bits == 1 and w.top == 1000
+    w.check(999)  # nothing below the new top was seen...
+    with pytest.raises(E.ReplayError):
+        w.check(1000)  # ...but the top was
 
 
 def test_records_reordered_within_window_open_and_forged_frames_do_not_move_it():
@@ -52,5 +56,9 @@ def test_records_reordered_within_window_open_and_forged_frames_do_not_move_it()
 
 def test_wrong_direction_key_does_not_open():
     tx = RecordSender(b"S" * 8, b"k" * 32, b"i" * 12)
+    frame = tx.seal(b"x")
     with pytest.raises(E.BadProofError):
-        RecordReceiver(b"S" * 8, b"K" * 32, b"i" * 12).open(tx.seal(b"x"))
+        RecordReceiver(b"S" * 8, b"K" * 32, b"i" * 12).open(frame)
+    with pytest.raises(E.BadProofError):
+        RecordReceiver(b"S" * 8, b"k" * 32, b"I" * 12).open(frame)  # the other direction's IV
+    assert RecordReceiver(b"S" * 8, b"k" * 32, b"i" * 12).open(frame) == b"x"  # control: this direction's keys

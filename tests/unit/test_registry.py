@@ -50,6 +50,11 @@ def test_registration_compare_and_set():
     with pytest.raises(RegistryError):
         reg.set_state("SN-9", DeviceState.REVOKED, 7, AuditEvent(7, "revoked", "SN-9"))
     assert [e.event for e in reg.audit()] == ["enrolled", "registered", "revoked"]
+    # control: the same 1 → 2 step for a device that is not revoked goes through
+    reg.add_device(rec("SN-2"), AuditEvent(9, "enrolled", "SN-2"))
+    assert reg.record_registration("SN-2", 0, 1, 100, b"d1", 9, AuditEvent(9, "registered", "SN-2"))
+    assert reg.record_registration("SN-2", 1, 2, 100, b"d2", 9, AuditEvent(9, "registered", "SN-2"))
+    assert reg.get_device("SN-2").generation == 2 and reg.get_device("SN-1").generation == 1
 
 
 def test_a_failed_write_leaves_nothing_half_written():
@@ -58,3 +63,6 @@ def test_a_failed_write_leaves_nothing_half_written():
     with pytest.raises(Exception):
         reg.store_service_keys([(1, b"a", 1, None), (1, b"b", 1, None)], AuditEvent(2, "key-rotated"))
     assert reg.load_service_keys() == [] and len(reg.audit()) == 1
+    # control: the same write without the duplicate version lands whole, with its audit line
+    reg.store_service_keys([(1, b"a", 1, None), (2, b"b", 1, None)], AuditEvent(2, "key-rotated"))
+    assert reg.load_service_keys() == [(1, b"a", 1, None), (2, b"b", 1, None)] and len(reg.audit()) == 2
