@@ -4,7 +4,6 @@ and devices enrolled by key and by certificate — two parties in memory before 
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pytest
 
@@ -18,7 +17,10 @@ SERVERS = [ServerEntry("radius-a", "192.0.2.1"), ServerEntry("radius-b", "192.0.
 
 
 class Counter:
-    """Deterministic random bytes (SHA-256 of a counter) so failures reproduce."""
+    """Deterministic random bytes (SHA-256 of a counter) so failures reproduce: the KEK, service
+    keys, nonces and device keys of the fixtures come from it or from fixed seeds. (The realm's
+    CA and service signing key, and ECDSA's per-signature k, still come from the OS: signatures
+    differ between runs; nothing a test compares byte for byte depends on them.)"""
 
     def __init__(self, seed: bytes = b"test"):
         self.seed, self.n = seed, 0
@@ -38,7 +40,7 @@ def rand():
 
 @pytest.fixture
 def realm(rand):
-    return Realm.init(SQLiteRegistry(":memory:"), os.urandom(32), "example.net", T0, random=rand)
+    return Realm.init(SQLiteRegistry(":memory:"), rand(32), "example.net", T0, random=rand)
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def make_device(realm: Realm, device_id: str, how: str = "key", now: float = T0)
     if how == "bundle":
         bundle = realm.enrol_generated(device_id, SERVERS, "s3cret", now)
         return DeviceClient(bundle, DeviceKey.from_pem(bundle.device_key_pem))
-    key = DeviceKey.generate()
+    key = DeviceKey.generate(hashlib.sha256(b"device key " + device_id.encode()).digest())
     if how == "certificate":
         maker = CertificateAuthority.generate("Manufacturer DevID CA", now)
         realm.trust_ca(pem_certificate(maker.certificate), now)
