@@ -6,13 +6,23 @@ pipe and the status socket; it ticks the node every `tick` seconds. Each action 
 is carried out here:
 
     StartAdmission  → wpa_supplicant SET_NETWORK (EAP-TLS files or EAP-PWD password) + restart
-    RadiusRequest   → a worker thread runs the pyrad client (failover across the bundle's
+    RadiusRequest   → a worker thread runs the RADIUS client (failover across the bundle's
                       servers; `build(server_id)` is called under the node lock) and posts the
-                      answer back through the wake-up pipe
+                      answer back through the wake-up pipe: over RadSec (the bundle's default,
+                      TLS with the device certificate, one connection per server kept open by
+                      one `RadSecClient` shared by the workers) or over UDP with the bundle's
+                      shared secret
     SendFrame       → the packet socket
     Deliver         → the inbox (read over the status socket)
-    SaveState       → <state-dir>/state, sealed, 0600, written atomically
+    SaveState       → <state-dir>/state, sealed, 0600, written atomically (tessera.secretfile)
     Log             → one log line (no keys or tickets ever reach a Log action)
+
+Keys at rest are protected by file permissions only, and the status output says so. The state's
+AEAD seal derives from the device private key, which sits in the same directory (wpa_supplicant
+and the RadSec client read it there as a file): it binds the state to this device and detects
+a change, but whoever reads the directory has the device key -- enough to register afresh, more
+than the state holds. A second "machine key" on the same disk would add nothing; only a TPM or
+secure element that keeps the device key unexportable would.
 
 At start the agent restores <state-dir>/state. A file that does not open (truncated, corrupt,
 sealed for another device key) is moved aside to `state.corrupt` with a log line naming why,
@@ -45,10 +55,12 @@ from tessera.agent.link import CarrierWatcher, LinkDown as NetLinkDown, LinkUp a
 from tessera.agent.supplicant import EAP_FAILURE, EAP_SUCCESS, PwdCredentials, Supplicant, TlsCredentials
 from tessera.device import DeviceClient
 from tessera.errors import MalformedError, TesseraError
-from tessera.identity import BootstrapBundle, DeviceKey
+from tessera.identity import RADSEC, BootstrapBundle, DeviceKey
+from tessera.secretfile import write_secret
 from tessera.node import (Deliver, FrameReceived, LinkDown, LinkUp, Log, Node, PortAuthorized, PortRejected,
                           RadiusAnswer, RadiusFailed, RadiusRequest, SaveState, SendFrame, StartAdmission, Timers)
 from tessera.radius.client import NoServerAnsweredError, RadiusClient, RejectedError, Server, load_dictionary
+from tessera.radius.radsec import RadSecClient, RadSecServer, tls_context
 
 log = logging.getLogger("tessera.agent")
 
@@ -62,14 +74,15 @@ def _where(exc: BaseException) -> str:
 
 
 def write_private(path: str, data: bytes) -> None:
-    """Write a file 0600 atomically (temp file + rename): never half-written."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a file 0600 atomically, never half-written, never through a symlink, 0600 also
+    over an older file of a wider mode (`tessera.secretfile.write_secret`)."""
+    write_secret(path, data)
+
+
+# What protects the agent's secrets on disk, said as it is (the status output repeats it).
+KEYS_AT_REST = ("file permissions only: the device key and the state are 0600 files in {dir}; the state's seal "
+                "derives from the device key beside it, so it binds the state to this device but hides nothing "
+                "from whoever can read that directory; no TPM or secure element holds a key")
 
 
 class Agent:
@@ -90,9 +103,18 @@ class Agent:
         # files wpa_supplicant reads for EAP-TLS
         self.tls = TlsCredentials(bundle.device_id, self._file("device.crt", cert_pem), self._file("device.key", key_pem),
                                   self._file("ca.crt", bundle.ca_certificate_pem or b""))
-        self.servers = [Server(s.server_id, s.host, s.port, bundle.radius_secret.encode()) for s in bundle.servers]
         self.dictionary = load_dictionary()
         self.radius_timeout, self.radius_retries = radius_timeout, radius_retries
+        self.radsec: RadSecClient | None = None
+        if bundle.radius_transport == RADSEC:  # TLS with the device certificate: one connection per server, kept
+            if not bundle.ca_certificate_pem:
+                raise ValueError("a RadSec bundle needs the realm CA certificate (ca_certificate_pem)")
+            self.servers = [RadSecServer(s.server_id, s.host, s.radsec_port, s.tls_name) for s in bundle.servers]
+            self.radsec = RadSecClient(self.servers, tls_context(self.tls.client_cert, self.tls.private_key,
+                                                                 bundle.ca_certificate_pem),
+                                       radius_timeout * (1 + radius_retries), dictionary=self.dictionary)
+        else:  # RADIUS over UDP with the bundle's shared secret: the weaker option
+            self.servers = [Server(s.server_id, s.host, s.port, bundle.radius_secret.encode()) for s in bundle.servers]
         self.results: queue.Queue = queue.Queue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -155,7 +177,7 @@ class Agent:
             write_private(self.state_path, self.client.export_state(os.urandom(12)))
 
     def _radius(self, req: RadiusRequest) -> None:
-        client = RadiusClient(self.servers, self.radius_timeout, self.radius_retries, self.dictionary)
+        client = self.radsec or RadiusClient(self.servers, self.radius_timeout, self.radius_retries, self.dictionary)
 
         def build(server_id: str) -> bytes:
             with self.lock:
@@ -188,6 +210,7 @@ class Agent:
         with self.lock:
             if cmd == "status":
                 out = self.node.status(time.time())
+                out["keys_at_rest"] = KEYS_AT_REST.format(dir=self.state_dir)
             elif cmd == "send":
                 peer, data = req.get("peer"), req.get("data")
                 if not isinstance(peer, str) or not isinstance(data, str):
@@ -217,8 +240,9 @@ class Agent:
         self.transport = PacketTransport(self.ifname)
         self.supplicant = Supplicant(self.ifname, self.tls, self.state_dir)
         self.status = StatusSocket(os.path.join(self.state_dir, "agent.sock"), self.request)
-        log.info("%s: agent on %s (%s), realm %s, servers %s", dev, self.ifname, self.transport.mac,
-                 self.client.realm, ", ".join(f"{s.server_id}={s.host}:{s.port}" for s in self.servers))
+        log.info("%s: agent on %s (%s), realm %s, servers %s over %s", dev, self.ifname, self.transport.mac,
+                 self.client.realm, ", ".join(f"{s.server_id}={s.host}:{s.port}" for s in self.servers),
+                 "RadSec (TLS, device certificate)" if self.radsec else "UDP (shared secret)")
         try:
             for ev in self.watcher.initial():
                 if isinstance(ev, NetLinkUp):
@@ -262,7 +286,7 @@ class Agent:
         return 0
 
     def close(self) -> None:
-        for obj in (self.supplicant, self.transport, self.watcher, self.status):
+        for obj in (self.supplicant, self.transport, self.watcher, self.status, self.radsec):
             if obj is not None:
                 try:
                     obj.close()
@@ -425,6 +449,8 @@ def print_status(st: dict) -> None:
                 f"{s['frames_in']} in / {s['dropped']} dropped") if s else "no session"
         print(f"  peer {peer:<16} {mac}  {desc}")
     print(f"  frames dropped {st['frames_dropped']}, failed handshakes {st['handshakes_failed']}")
+    if st.get("keys_at_rest"):
+        print(f"  keys at rest: {st['keys_at_rest']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from tessera import eappwd
 from tessera.agent.ctrl import CtrlClient, CtrlEvent, parse_kv
+from tessera.secretfile import write_secret
 from tessera.agent.link import LinkDown, LinkEvent, LinkUp, call_in_netns
 
 EAP_SUCCESS = "CTRL-EVENT-EAP-SUCCESS"
@@ -76,7 +78,8 @@ def network_fields(creds: Credentials) -> dict[str, str]:
         if creds.private_key_passwd:
             f["private_key_passwd"] = _q(creds.private_key_passwd)
     elif isinstance(creds, PwdCredentials):
-        f.update(eap="PWD", identity=_q(creds.identity), password=_q(creds.password))
+        # the wire form (tessera.eappwd), as unquoted hex: the bytes the RADIUS server uses
+        f.update(eap="PWD", identity=_q(creds.identity), password=eappwd.supplicant_value(creds.password))
     else:
         raise TypeError(f"unsupported credentials {type(creds).__name__}")
     return f
@@ -156,9 +159,8 @@ class Supplicant:
         self.ctrl_dir = os.path.join(workdir, "wpa")
         self.conf_path = os.path.join(workdir, f"wpa_supplicant-{ifname}.conf")
         os.makedirs(self.ctrl_dir, exist_ok=True)
-        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(supplicant_conf(self.ctrl_dir, creds))
+        # it holds the EAP-PWD password or the key's path: 0600, never through a symlink
+        write_secret(self.conf_path, supplicant_conf(self.ctrl_dir, creds).encode())
         sock = os.path.join(self.ctrl_dir, ifname)
         if os.path.exists(sock):
             os.unlink(sock)

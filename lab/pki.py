@@ -13,30 +13,23 @@ Time is a parameter (``now``), as everywhere in Tessera.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from tessera.identity import (CertificateAuthority, DeviceKey, certificate_serial_hex,
                               load_certificate, pem_certificate, pem_private_key)
+from tessera.secretfile import write_atomic
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 
 
 def write_file(path: Path, data: bytes, mode: int = 0o644, group: str | None = None) -> Path:
-    """Write ``data`` atomically enough for a lab, with ``mode`` and optional group."""
+    """Write ``data`` with exactly ``mode`` (and optional group), atomically, never through a
+    symlink (``tessera.secretfile``): a key rewritten over an older, wider file is still 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    if group is not None:
-        import grp
-        os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode, group=group)
     return path
 
 

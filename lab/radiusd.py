@@ -9,10 +9,20 @@ private server must not depend on. The tree holds:
   ``logdir``/``run_dir`` in the directory, no proxying, ``suppress_secrets = yes``);
 - ``dictionary``: ``$INCLUDE`` of the packaged ``/usr/share/freeradius/dictionary`` (package
   data, not configuration) plus Tessera's block from ``configs/freeradius/dictionary``;
-- the ``tessera`` and ``tessera_eap`` modules and Tessera's three sites from
+- the ``tessera`` and ``tessera_eap`` modules and Tessera's four sites from
   ``configs/freeradius``, ``always`` (the ``reject``/``ok`` the sites call) -- the only modules
-  and sites enabled -- the EAP-TLS files, and one client with
-  ``require_message_authenticator = yes``.
+  and sites enabled -- and the EAP-TLS files;
+- two classes of RADIUS client, each on its own listener with its own secret (``clients.conf``:
+  one ``clients`` section per class, which only that listener consults): the NAS clients
+  (switches, relaying 802.1X) of the ``tessera-nas`` site on ``RadiusConfig.nas_port`` with
+  ``nas_secret``, and the device clients (Tessera operations over UDP) of the ``tessera`` site on
+  ``RadiusConfig.port`` with ``secret``. Each class has one client by default
+  (``nas_client_address``, ``client_address``), with ``require_message_authenticator = yes``;
+  ``extra_nas_clients`` / ``extra_clients`` add ``Client`` entries (one without that setting
+  shows that the sites refuse a request without Message-Authenticator themselves);
+- with ``RadiusConfig.radsec_port``, the RadSec listener for devices (``tessera-radsec``: RADIUS
+  over TLS with the device certificate, RFC 6614), with the same server certificate and
+  trusted device CAs; radiusd then runs threaded also for debugging (``-f -xx -l stdout``).
 
 From the system it takes only what the Debian packages own and no operator edits: the module
 libraries in ``/usr/lib/freeradius`` and the dictionaries in ``/usr/share/freeradius``.
@@ -43,8 +53,12 @@ CONFIGS = REPO / "configs" / "freeradius"
 DICTIONARY = REPO / "radius" / "dictionary.tessera"
 SYSTEM_DICTIONARY = Path("/usr/share/freeradius/dictionary")  # package data, not a conffile
 FREERADIUS = "freeradius"
-TESSERA_SITES = ("tessera", "tessera-check-eap-tls", "tessera-eap-pwd")
+DEVICE_SITE, NAS_SITE = "tessera", "tessera-nas"  # the two UDP listeners, one per client class
+TESSERA_SITES = (DEVICE_SITE, NAS_SITE, "tessera-check-eap-tls", "tessera-eap-pwd")
+# The clients sections (clients.conf) that the two sites' listeners name with "clients = ..."
+DEVICE_CLIENTS, NAS_CLIENTS = "tessera-device-clients", "tessera-nas-clients"
 TESSERA_MODS = ("tessera", "tessera_eap")
+RADSEC_SITE = "tessera-radsec"  # devices over RADIUS/TLS: only with RadiusConfig.radsec_port
 
 
 # The server core's settings: Debian 3.2's radiusd.conf defaults, without its proxy.conf,
@@ -83,6 +97,10 @@ log {
 	auth = no
 	auth_badpass = no
 	auth_goodpass = no
+	# Debug output shows <<< secret >>> for attributes FreeRADIUS marks secret (the MSK
+	# halves in MS-MPPE-*-Key, passwords). 3.2.1 reads this in log { } -- where Debian's
+	# radiusd.conf has it -- and silently ignores it in security { }.
+	suppress_secrets = yes
 }
 
 checkrad = ${sbindir}/checkrad
@@ -95,8 +113,6 @@ security {
 	# signed/MACed proofs do not allow); tests and benchmarks want the answer at once.
 	reject_delay = @REJECT_DELAY@
 	status_server = yes
-	# Debug output shows <<< secret >>> for attributes FreeRADIUS marks secret.
-	suppress_secrets = yes
 }
 
 # No proxying: no proxy listener on a random port.
@@ -133,6 +149,18 @@ class RadiusdError(RuntimeError):
     """FreeRADIUS refused the configuration or did not come up."""
 
 
+@dataclass(frozen=True)
+class Client:
+    """One RADIUS client entry of a class (NAS or device): who may use that class's listener.
+    ``require_message_authenticator=False`` only to show that the sites refuse a request without
+    one themselves (as they must for a client an operator adds without it)."""
+
+    name: str
+    address: str  # an address or a CIDR network
+    secret: str
+    require_message_authenticator: bool = True
+
+
 @dataclass
 class RadiusConfig:
     """What a private server needs. Paths are absolute; ``tls_dir`` holds ``server.pem``,
@@ -143,21 +171,38 @@ class RadiusConfig:
     tls_dir: Path
     server_id: str = "radius1"
     address: str = "127.0.0.1"
+    # devices (the tessera site, Tessera operations over UDP): port, secret, who
     port: int = 0  # 0: pick a free UDP port on this host
-    secret: str = "tessera-lab-secret"
+    secret: str = "tessera-lab-device-secret"
     client_address: str = "127.0.0.1"  # an address or a CIDR network
+    # switches (the tessera-nas site, 802.1X/EAP): port, secret, who
+    nas_port: int = 0  # 0: pick a free UDP port on this host (not ``port``)
+    nas_secret: str = "tessera-lab-nas-secret"
+    nas_client_address: str = "127.0.0.1"  # an address or a CIDR network
     venv: Path = REPO / ".venv"
     realm_opener: str = "tessera.realm:open_realm"
     python_path: tuple[Path, ...] = ()  # extra entries after the plugin directory
     reject_delay: int = 0  # seconds; Debian's default is 1
     keep_user: bool = False  # run as user/group freerad, as Debian's unit does (files must be readable)
-    extra_clients: tuple[tuple[str, str, str], ...] = field(default=())  # (name, address, secret)
+    extra_clients: tuple[Client | tuple[str, str, str], ...] = field(default=())  # more device clients
+    extra_nas_clients: tuple[Client | tuple[str, str, str], ...] = field(default=())  # more NAS clients
+    # RadSec (RFC 6614) listener for devices, sites-available/tessera-radsec: None = none,
+    # 0 = a free TCP port on this host (filled in by build_config), else that port (2083 is IANA's)
+    radsec_port: int | None = None
 
 
 def free_udp_port(address: str = "127.0.0.1") -> int:
     """A UDP port that was free a moment ago on ``address``."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def free_tcp_port(address: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``address``."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((address, 0))
         return s.getsockname()[1]
 
@@ -172,9 +217,10 @@ def set_option(text: str, key: str, value: str, count: int = 1) -> str:
 
 
 def suppress_secrets(radiusd_conf: str) -> str:
-    """Turn on ``security { suppress_secrets = yes }`` in Debian's radiusd.conf (shipped
-    commented out): debug output shows ``<<< secret >>>`` instead of attributes FreeRADIUS
-    marks secret. For install-radius, which edits the system's tree."""
+    """Turn on ``log { suppress_secrets = yes }`` in Debian's radiusd.conf (shipped commented
+    out, in its ``log`` section, the only place 3.2.1 reads it): debug output shows
+    ``<<< secret >>>`` instead of attributes FreeRADIUS marks secret. For install-radius, which
+    edits the system's tree."""
     return re.sub(r"^(\s*)#\s*suppress_secrets\s*=\s*no\s*$", r"\1suppress_secrets = yes", radiusd_conf, count=1, flags=re.M)
 
 
@@ -185,11 +231,41 @@ def _edit(path: Path, **options: str) -> None:
     path.write_text(text)
 
 
-def _client_block(name: str, address: str, secret: str) -> str:
+def listen_on(site: Path, address: str, port: int) -> None:
+    """Point a site's first listen section at ``address`` ("*", an IPv4 or an IPv6 address) and
+    ``port`` (its first ``ipaddr``/``port`` lines)."""
+    text = site.read_text()
+    if ":" in address:
+        text = set_option(text, "ipaddr", "*").replace("ipaddr = *", f"ipv6addr = {address}", 1)
+    else:
+        text = set_option(text, "ipaddr", address)
+    site.write_text(set_option(text, "port", str(port)))
+
+
+def _client_block(name: str, address: str, secret: str, require_message_authenticator: bool = True) -> str:
+    """One ``client`` entry (tab-indented, for a ``clients`` section). It names no virtual
+    server: the listener whose ``clients`` section holds it decides which site answers.
+    Raises ``RadiusdError`` for a value FreeRADIUS would misread (never echoing the secret)."""
+    for what, value in (("client name", name), ("client address", address), ("client secret", secret)):
+        if not value or any(c.isspace() or c in '{}"#\\' for c in value):
+            shown = "" if what == "client secret" else f" {value!r}"
+            raise RadiusdError(f"{what}{shown} is empty or holds blanks, braces, quotes, # or backslashes")
     key = "ipv6addr" if ":" in address else "ipaddr"
-    return (f"client {name} {{\n\t{key} = {address}\n\tsecret = {secret}\n"
-            f"\trequire_message_authenticator = yes\n\tshortname = {name}\n"
-            f"\tvirtual_server = tessera\n}}\n")
+    require = "yes" if require_message_authenticator else "no"
+    return (f"\tclient {name} {{\n\t\t{key} = {address}\n\t\tsecret = {secret}\n"
+            f"\t\trequire_message_authenticator = {require}\n\t\tshortname = {name}\n\t}}\n")
+
+
+def client_entry(c: Client | tuple[str, str, str]) -> Client:
+    """A ``Client`` from a ``Client`` or a (name, address, secret) tuple."""
+    return c if isinstance(c, Client) else Client(*c)
+
+
+def clients_section(section: str, clients) -> str:
+    """``clients SECTION { client ... }``: the clients one listener knows (it may be empty)."""
+    body = "".join(_client_block(c.name, c.address, c.secret, c.require_message_authenticator)
+                   for c in map(client_entry, clients))
+    return f"clients {section} {{\n{body}}}\n"
 
 
 def install_dictionary(raddb: Path, base: str | None = None) -> None:
@@ -205,13 +281,41 @@ def install_dictionary(raddb: Path, base: str | None = None) -> None:
     target.write_text(text.rstrip("\n") + "\n\n" + block)
 
 
+def radsec_listen_on(site: Path, address: str, port: int) -> None:
+    """Point the RadSec site's listener at ``address`` ("*", an IPv4 or an IPv6 address) and
+    ``port``. Its listen section comes first in the file, before the clients section."""
+    text = site.read_text()
+    if ":" in address:
+        text = set_option(text, "ipaddr", "*").replace("ipaddr = *", f"ipv6addr = {address}", 1)
+    else:
+        text = set_option(text, "ipaddr", address)
+    site.write_text(set_option(text, "port", str(port)))
+
+
+def _add_radsec(raddb: Path, cfg: RadiusConfig) -> None:
+    """Enable the RadSec listener for devices (``RADSEC_SITE``) on ``cfg.address`` and
+    ``cfg.radsec_port`` (0: a free TCP port, written back). It uses the server certificate
+    and the trusted device CAs already in ``certs/tessera/``."""
+    if not cfg.radsec_port:
+        cfg.radsec_port = free_tcp_port(cfg.address)
+    shutil.copyfile(CONFIGS / "sites-available" / RADSEC_SITE, raddb / "sites-available" / RADSEC_SITE)
+    (raddb / "sites-enabled" / RADSEC_SITE).symlink_to(f"../sites-available/{RADSEC_SITE}")
+    radsec_listen_on(raddb / "sites-available" / RADSEC_SITE, cfg.address, cfg.radsec_port)
+
+
 def build_config(directory: Path, cfg: RadiusConfig) -> Path:
     """Make a complete FreeRADIUS config directory for ``cfg`` at ``directory`` (must not
     exist) from this repository alone. Returns it. ``cfg.port`` is filled in if it was 0."""
     raddb = Path(directory)
     raddb.mkdir(parents=True)
-    if not cfg.port:
+    if cfg.port and cfg.port == cfg.nas_port:
+        raise RadiusdError(f"the device and the NAS listeners need two ports, not both {cfg.port}")
+    if cfg.secret == cfg.nas_secret:
+        raise RadiusdError("the device and the NAS clients need two secrets: a device would speak as a switch")
+    while not cfg.port or cfg.port == cfg.nas_port:
         cfg.port = free_udp_port(cfg.address)
+    while not cfg.nas_port or cfg.nas_port == cfg.port:
+        cfg.nas_port = free_udp_port(cfg.address)
     for sub in ("mods-available", "mods-enabled", "sites-available", "sites-enabled", "certs/tessera",
                 "log/radacct", "run"):
         (raddb / sub).mkdir(parents=True, exist_ok=True)
@@ -230,26 +334,26 @@ def build_config(directory: Path, cfg: RadiusConfig) -> Path:
     _edit(raddb / "mods-available" / "tessera", python_path=f'"{python_path}"',
           venv=f'"{cfg.venv}"', db=f'"{cfg.db}"', kek=f'"{cfg.kek}"',
           server_id=f'"{cfg.server_id}"', realm_opener=f'"{cfg.realm_opener}"')
-    site = raddb / "sites-available" / "tessera"
-    if ":" in cfg.address:
-        site.write_text(set_option(site.read_text(), "ipaddr", "*").replace(
-            "ipaddr = *", f"ipv6addr = {cfg.address}", 1))
-    else:
-        _edit(site, ipaddr=cfg.address)
-    _edit(site, port=str(cfg.port))
+    listen_on(raddb / "sites-available" / DEVICE_SITE, cfg.address, cfg.port)
+    listen_on(raddb / "sites-available" / NAS_SITE, cfg.address, cfg.nas_port)
 
     install_dictionary(raddb, base=f"# private dictionary: the packaged one, then Tessera's\n"
                                    f"$INCLUDE {SYSTEM_DICTIONARY}\n")
     for name in ("server.pem", "server.key", "device-ca.pem"):
         shutil.copy2(Path(cfg.tls_dir) / name, raddb / "certs" / "tessera" / name)
 
-    clients = [("tessera", cfg.client_address, cfg.secret), *cfg.extra_clients]
-    (raddb / "clients.conf").write_text("".join(_client_block(*c) for c in clients))
+    (raddb / "clients.conf").write_text(
+        "# Tessera's two client classes: each listener consults only its own section.\n"
+        + clients_section(DEVICE_CLIENTS, [Client("devices", cfg.client_address, cfg.secret), *cfg.extra_clients])
+        + clients_section(NAS_CLIENTS, [Client("switches", cfg.nas_client_address, cfg.nas_secret),
+                                        *cfg.extra_nas_clients]))
 
     security = "\tuser = freerad\n\tgroup = freerad" if cfg.keep_user else "\t# runs as the user that starts it"
     (raddb / "radiusd.conf").write_text(
         RADIUSD_CONF.replace("@DIR@", str(raddb.resolve())).replace("@SECURITY@", security)
         .replace("@REJECT_DELAY@", str(cfg.reject_delay)))
+    if cfg.radsec_port is not None:
+        _add_radsec(raddb, cfg)
     return raddb
 
 
@@ -308,7 +412,9 @@ class RadiusServer:
     def start(self, timeout: float = 20.0) -> "RadiusServer":
         """Start and wait until it answers a Status-Server; stops it again on failure."""
         args = [*self.run_prefix, FREERADIUS, "-f", "-d", str(self.raddb)]
-        if self.debug:
+        if self.debug and (self.raddb / "sites-enabled" / RADSEC_SITE).exists():
+            args += ["-xx", "-l", "stdout"]  # -X is single-threaded, which TLS sockets refuse
+        elif self.debug:
             args.append("-X")
         self.output.parent.mkdir(parents=True, exist_ok=True)
         with open(self.output, "ab") as out:

@@ -30,7 +30,8 @@ RADIUS_IP = "203.0.113.2"
 
 @dataclass(frozen=True)
 class RadiusServer:
-    """Where hostapd sends Access-Requests."""
+    """Where hostapd sends Access-Requests: the realm's NAS listener (the ``tessera-nas`` site)
+    and the NAS secret, which only switches hold (devices have their own, on another listener)."""
     addr: str = RADIUS_IP
     port: int = 1812
     secret: str = "testing123"
@@ -42,7 +43,8 @@ DAS_BASE_PORT = 3800  # the DAS (RFC 5176) port of pN's hostapd is DAS_BASE_PORT
 def hostapd_conf(port: str, radius: RadiusServer, ctrl_dir: str, own_ip: str,
                  nas_identifier: str, das: tuple[int, str, str] | None = None) -> str:
     """hostapd.conf for one wired 802.1X authenticator port (pure). ``das`` = (port, client
-    address, secret) makes it take Disconnect-Requests from that client."""
+    address, secret) makes it take Disconnect-Requests from that client; its secret is the
+    DAS secret, not the NAS secret hostapd uses towards the RADIUS server."""
     das_lines = "" if das is None else f"""\
 # RFC 5176 Disconnect-Request from the realm (tessera-admin revoke): deauthenticate the station
 radius_das_port={das[0]}
@@ -90,7 +92,11 @@ class Switch:
     def __init__(self, lab: Lab, radius: RadiusServer | None = None, short: str = "sw",
                  nas_identifier: str = "tessera-lab-switch", das: tuple[str, str] | None = None):
         """``das`` = (client address, secret): every port's hostapd takes Disconnect-Requests
-        on DAS_BASE_PORT + its index, and calls itself ``<nas_identifier>-pN``."""
+        on DAS_BASE_PORT + its index, and calls itself ``<nas_identifier>-pN``. The DAS secret
+        must differ from the NAS secret of ``radius``: whoever holds one of them must not be
+        able to speak the other relation."""
+        if das is not None and radius is not None and das[1] == radius.secret:
+            raise LabError("the DAS secret must differ from the NAS secret (one secret per trust relation)")
         self.lab = lab
         self.das = das
         self.radius = radius or RadiusServer()

@@ -160,7 +160,7 @@ def test_das_wrong_secret_foreign_client_and_unknown_session_next_to_the_right_r
     rl = RealmLab(lab, 2)
     a, b = rl.devices
     admit(rl, [a, b])
-    secret = rl.cfg.secret
+    secret = rl.das_secret  # the DAS secret: neither the NAS nor the device secret
 
     # NAK: hostapd has a station with that MAC, but not that user: it names the cause
     # and leaves the real session alone

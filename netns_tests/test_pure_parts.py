@@ -113,9 +113,12 @@ def test_supplicant_conf_tls_and_pwd():
                  "    eap=TLS", '    client_cert="/d.pem"', '    private_key="/d.key"'):
         assert line in tls.splitlines()
     pwd = network_fields(PwdCredentials("dev2", "pw"))
-    assert pwd["eap"] == "PWD" and pwd["password"] == '"pw"'
+    # the wire form (tessera.eappwd) as unquoted hex: "p" = 0x70 -> 87 80, "w" = 0x77 -> 87 87
+    assert pwd["eap"] == "PWD" and pwd["password"] == "87808787"
+    # a password cannot break out of its line: hex digits only
+    assert network_fields(PwdCredentials("dev2", 'pw"\nnetwork={'))["password"].isalnum()
     with pytest.raises(ValueError):
-        network_fields(PwdCredentials("dev2", 'pw"\nnetwork={'))
+        network_fields(PwdCredentials('dev2"\nnetwork={', "pw"))
 
 
 def test_supplicant_starts_over_on_link_up_only():

@@ -4,7 +4,8 @@ How this works
 --------------
 :class:`Testbed` assembles tested parts: a :class:`~tessera.lab.netns.Lab`, the lab PKI
 (``tessera.lab.pki``), a private FreeRADIUS (``tessera.lab.radiusd``) in namespace
-``radius`` behind the switch's uncontrolled ``uplink`` port, and a
+``radius`` behind the switch's uncontrolled ``uplink`` port (the switch is its NAS client, with
+the NAS secret, on the ``tessera-nas`` listener), and a
 :class:`~tessera.lab.switch.Switch` with one hostapd per device port and the port
 controller.  The realm behind FreeRADIUS is the RADIUS engineer's stub
 (``tests/server/stub_realm.py``: a JSON file of device id -> certificate serial, EAP-PWD
@@ -25,7 +26,7 @@ from tessera.lab import radiusd
 from tessera.lab.capture import SwitchCapture
 from tessera.lab.netns import Lab
 from tessera.lab.pki import LabPKI
-from tessera.lab.switch import RADIUS_IP, Device, RadiusServer as RadiusAddr, Switch
+from tessera.lab.switch import RADIUS_IP, SWITCH_MGMT_IP, Device, RadiusServer as RadiusAddr, Switch
 
 REPO = Path(__file__).resolve().parents[1]
 STUB_REALM_DIR = REPO / "tests" / "server"
@@ -54,12 +55,15 @@ class Testbed:
         (self.dir / "kek").write_bytes(b"\0" * 32)
 
         self.radius_ns = lab.add_ns("radius")
+        # the switch relays 802.1X to the NAS listener with the NAS secret, from its management
+        # address only; devices would use the device listener (11812) with their own secret
         self.cfg = radiusd.RadiusConfig(
             db=self.dir / "realm.json", kek=self.dir / "kek", tls_dir=self.dir / "tls",
-            address=RADIUS_IP, port=1812, client_address="203.0.113.0/24",
+            address=RADIUS_IP, port=11812, client_address="203.0.113.0/24",
+            nas_port=1812, nas_client_address=SWITCH_MGMT_IP,
             realm_opener="stub_realm:open_realm", python_path=(STUB_REALM_DIR,))
         self.raddb = radiusd.build_config(self.dir / "raddb", self.cfg)
-        self.switch = Switch(lab, radius=RadiusAddr(RADIUS_IP, self.cfg.port, self.cfg.secret))
+        self.switch = Switch(lab, radius=RadiusAddr(RADIUS_IP, self.cfg.nas_port, self.cfg.nas_secret))
         self.switch.add_uplink(self.radius_ns)
         self.devices = [self.switch.add_device(i) for i in range(1, n_devices + 1)]
         self.pcap = self._start_capture()

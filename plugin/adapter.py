@@ -11,10 +11,15 @@ server-internal attribute ``Tessera-Step`` that the virtual servers set:
   instances (``+=``, so every instance is kept), or ``reject`` with ``Reply-Message`` =
   "<name>: <reason>", ``Tessera-Error`` = the code and, in ``Tessera-Reply``, the core's
   ``error_reply`` (an ErrorMessage the device core reads); a service-key rotation made by
-  ``tessera-admin`` is picked up here, checked at most once a second;
+  ``tessera-admin`` is picked up here, checked at most once a second. Over RadSec the site
+  also sets ``Tessera-TLS-Identity`` and ``TLS-Client-Cert-Serial``/``-Issuer`` (the
+  connection's certificate): the certificate must be the one enrolled for the device it names
+  (``CertificateVetting``, tessera/vetting.py), and ``service.handle_as(message, device,
+  now)`` refuses another device's message;
 * ``admit-certificate`` -- EAP-TLS: ``service.admit_certificate(serial, issuer, cn, now)``;
 * ``eap-pwd-password`` -- EAP-PWD: ``control:Cleartext-Password`` from
-  ``service.eap_pwd_password(device_id, now)``.
+  ``service.eap_pwd_password(device_id, now)``, in its wire form (``tessera.eappwd``: bytes a
+  ``freeradius -X`` log prints as ``?``), which the supplicant is configured with too.
 
 Rules (docs/freeradius.md): return *exact tuples*; octets as ``"0x" + hex``; never raise into
 FreeRADIUS (an exception becomes a bare reject with a traceback that could print values): any
@@ -34,12 +39,15 @@ import time
 import traceback
 from typing import Any, Callable, Iterable
 
+from tessera import eappwd
 from tessera.radius.attrs import BadHexError, join_from_hex, split_to_hex
+from tessera.vetting import CertificateVetting
 
 STEP_ATTRIBUTE = "Tessera-Step"
 MESSAGE = "Tessera-Message"
 REPLY = "Tessera-Reply"
 ERROR = "Tessera-Error"
+TLS_IDENTITY = "Tessera-TLS-Identity"
 MAX_REPLY_MESSAGE = 240  # Reply-Message is at most 253 bytes on the wire
 RELOAD_EVERY = 1.0  # seconds between checks for a service-key rotation
 
@@ -120,6 +128,7 @@ class Plugin:
             "admit-certificate": self._admit_certificate,
             "eap-pwd-password": self._eap_pwd_password,
         }
+        self.vetting = CertificateVetting(service)  # RadSec: certificate → enrolled device
 
     @classmethod
     def from_config(cls, config: dict, rlm: Any) -> "Plugin":
@@ -159,19 +168,44 @@ class Plugin:
             return internal_error_result(self.rlm, self.internal_code)
 
     def post_auth(self, pairs: Iterable[tuple[str, str]]):
-        """rlm_python3 ``post_auth`` after an accepted 802.1X admission: remember where the device
-        sits (NAS-Identifier, NAS-IP-Address, NAS-Port-Id, Calling-Station-Id) so that revoking
-        it can disconnect it. Never rejects (the admission is decided) and never raises."""
+        """rlm_python3 ``post_auth`` after an accepted 802.1X admission that a switch relayed:
+        remember where the device sits (NAS-Identifier, NAS-IP-Address, NAS-Port-Id,
+        Calling-Station-Id) so that revoking it can disconnect it.
+
+        Only the ``tessera-nas`` site asks for this, with the server-internal ``Tessera-Step``
+        ``record-location`` (no client can send it), and the location is recorded only under
+        ``Tessera-Device-Id``: the identity EAP authenticated, which the site takes from
+        session-state, where ``tessera-check-eap-tls`` (the enrolled device of the certificate)
+        or ``tessera-eap-pwd`` (the peer id, bound to the outer identity by ``prep = -1``) put
+        it, after deleting any a client sent. Never the User-Name, which the supplicant chose.
+        Anything else records nothing and says why in the log.
+
+        Rejects only a device revoked while its admission was under way (the service raises
+        ``revoked``: EAP-PWD takes the password at its first round, and a device may stall the
+        rest), so that its port stays closed; any other failure is logged and the admission
+        stands. Never raises."""
         try:
             pairs = tuple(pairs)
             get = dict(pairs).get
-            device = get("TLS-Client-Cert-Common-Name") or get("User-Name", "")
+            if get(STEP_ATTRIBUTE) != "record-location":
+                self.log(self.rlm.L_ERR, "post_auth outside a switch's admission (no Tessera-Step "
+                                         "record-location): no location recorded")
+                return self.rlm.RLM_MODULE_NOOP
+            ids = {v for k, v in pairs if k == "Tessera-Device-Id"}
+            if len(ids) != 1:
+                self.log(self.rlm.L_ERR, f"admission of User-Name {_clean(get('User-Name', ''))!r} with "
+                                         f"{len(ids)} authenticated device ids, not 1: no location recorded")
+                return self.rlm.RLM_MODULE_NOOP
+            device = ids.pop()
             self.service.record_location(device, get("NAS-Identifier", ""), get("NAS-IP-Address", "")
                                          or get("NAS-IPv6-Address", ""), get("NAS-Port-Id", ""),
                                          get("Calling-Station-Id", ""), self.clock())
             self.log(self.rlm.L_INFO, f"{_clean(device)!r} admitted on {_clean(get('NAS-Identifier', '?'))} "
                                       f"port {_clean(get('NAS-Port-Id', '?'))}")
-        except Exception as exc:  # noqa: BLE001 -- the device is admitted either way
+        except Exception as exc:  # noqa: BLE001 -- decided here: reject a revoked device, else admit
+            if _is_realm_error(exc) and exc.name == "revoked":
+                self.log(self.rlm.L_INFO, f"admission refused after all: {describe(exc)}")
+                return self.rlm.RLM_MODULE_REJECT
             self.log(self.rlm.L_ERR, f"could not record the admission: {describe(exc)}")
         return self.rlm.RLM_MODULE_OK
 
@@ -186,13 +220,11 @@ class Plugin:
         return (self.rlm.RLM_MODULE_REJECT, {"reply": reply})
 
     def _error_reply(self, exc: BaseException, now: float) -> bytes:
-        """The core's ErrorMessage for a rejection (the device core reads it, e.g. the server's
-        clock on clock-skew); empty if the service has none or cannot make one."""
-        make = getattr(self.service, "error_reply", None)
-        if not callable(make):
-            return b""
+        """The core's error reply for a rejection, ``Service.error_reply``: a SignedError (signed
+        by the service key over the request's nonce) when the device acts on it and the request
+        was proven, else an unsigned ErrorMessage; empty only if making it failed."""
         try:
-            return make(exc, now)
+            return self.service.error_reply(exc, now)
         except Exception as err:  # noqa: BLE001 -- the reject still goes out
             self.log(self.rlm.L_ERR, f"error_reply failed: {_where(err)}")
             return b""
@@ -208,7 +240,10 @@ class Plugin:
             self.log(self.rlm.L_INFO, "service keys reloaded")
 
     def _operation(self, pairs):
-        device = next((v for k, v in pairs if k == "User-Name"), "")
+        # RadSec: the identity of the TLS connection's certificate, set by the site (a client
+        # cannot send this server-internal attribute); the message must be that device's
+        identity = next((v for k, v in pairs if k == TLS_IDENTITY), None)
+        device = identity if identity is not None else next((v for k, v in pairs if k == "User-Name"), "")
         try:
             message = join_from_hex(v for k, v in pairs if k == MESSAGE)
         except BadHexError as exc:  # FreeRADIUS always formats octets as 0x…: a bug, not input
@@ -217,7 +252,13 @@ class Plugin:
         now = self.clock()
         self._refresh(now)
         try:
-            reply = self.service.handle(message, now)
+            if identity is None:
+                reply = self.service.handle(message, now)
+            else:  # the certificate must be the one enrolled for its device, then the message its
+                get = dict(pairs).get
+                sender = self.vetting.device(get("TLS-Client-Cert-Serial", ""), get("TLS-Client-Cert-Issuer", ""),
+                                             identity, now)
+                reply = self.service.handle_as(message, sender, now)
         except Exception as exc:
             if not _is_realm_error(exc):
                 raise
@@ -247,4 +288,6 @@ class Plugin:
             if not _is_realm_error(exc):
                 raise
             return self._reject("EAP-PWD admission", device, exc)
-        return (self.rlm.RLM_MODULE_OK, {"config": (("Cleartext-Password", str(password)),)})
+        # the wire form (tessera.eappwd): rlm_python3 prints every value returned, and
+        # FreeRADIUS's logger shows these bytes as '?'
+        return (self.rlm.RLM_MODULE_OK, {"config": (("Cleartext-Password", eappwd.wire(str(password))),)})

@@ -15,6 +15,7 @@ Pure functions only: no sockets, no pyrad, no FreeRADIUS.
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 #: Largest value of one Tessera VSA instance: 255 - 2 (attribute header) - 6 (vendor header).
@@ -22,6 +23,7 @@ MAX_CHUNK = 247
 #: Largest message that fits one 4096-byte RADIUS packet next to the other attributes
 #: (header 20, Message-Authenticator 18, User-Name and a little headroom).
 MAX_MESSAGE = 15 * MAX_CHUNK  # 3705 bytes: 15 instances of 255 bytes = 3825 on the wire
+_HEX_DIGITS = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
 
 class MessageTooLongError(ValueError):
@@ -64,10 +66,9 @@ def from_hex(value: str) -> bytes:
     """
     if not isinstance(value, str) or not value[:2].lower() == "0x":
         raise BadHexError("octets value without 0x prefix")
-    try:
-        return bytes.fromhex(value[2:])
-    except ValueError:
-        raise BadHexError("octets value is not valid hex") from None
+    if not _HEX_DIGITS.fullmatch(value, 2):  # bytes.fromhex alone skips whitespace: "0x 01" is not FreeRADIUS's
+        raise BadHexError("octets value is not valid hex")
+    return bytes.fromhex(value[2:])
 
 
 def split_to_hex(message: bytes) -> list[str]:

@@ -73,11 +73,14 @@ class RejectedError(RadiusClientError):
 
 
 class NoServerAnsweredError(RadiusClientError):
-    """No server gave a valid answer within its timeout and retries."""
+    """No server gave a valid answer within its timeout and retries. ``reasons`` names, per
+    server id, why (RadSec: connection refused, TLS handshake failed, closed, timed out)."""
 
-    def __init__(self, server_ids: Sequence[str]):
+    def __init__(self, server_ids: Sequence[str], reasons: dict[str, str] | None = None):
         self.server_ids = list(server_ids)
-        super().__init__("no RADIUS server answered: " + ", ".join(self.server_ids))
+        self.reasons = dict(reasons or {})
+        super().__init__("no RADIUS server answered: " + ", ".join(
+            f"{s} ({self.reasons[s]})" if s in self.reasons else s for s in self.server_ids))
 
 
 class RadiusClient:

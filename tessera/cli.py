@@ -22,6 +22,7 @@ from .identity import ServerEntry, check_device_id, load_certificate, pem_certif
 from .realm import Realm, create_kek, open_realm, read_kek
 from .registry import RegistryError
 from .seal import point_bytes
+from .secretfile import SecretFileError, write_secret
 from .service import Policy
 from .sqlite_registry import SQLiteRegistry
 
@@ -93,9 +94,8 @@ def _nas_address(spec: str) -> tuple[str, int]:
 
 
 def _write_private(path: str, data: str | bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+    """A file with a secret (a bundle): 0600 even over an existing file, never through a symlink."""
+    write_secret(path, data.encode() if isinstance(data, str) else data)
 
 
 def _public_key(arg: str) -> bytes:
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_init(a, now)
         else:
             COMMANDS[a.cmd](a, now, _open(a))
-    except (TesseraError, RegistryError, PermissionError, FileNotFoundError, ValueError) as exc:
+    except (TesseraError, RegistryError, PermissionError, FileNotFoundError, ValueError, SecretFileError) as exc:
         print(f"tessera-admin: {exc}", file=sys.stderr)
         return 1
     return 0

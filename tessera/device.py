@@ -16,18 +16,31 @@ failover the caller builds a fresh request for the next server.
 
 `next_action(now)` tells the agent what is due: register when there is no DRT or it is within
 `refresh` of its end, authenticate when there is no TGT or it is close to its end.
+
+Errors from the realm (docs/layouts.md#signederror): an error the device acts on (clock-skew,
+revoked, unknown-device, superseded, not-registered: `TesseraError.changes_state`) counts only
+as a `SignedError` that the realm's service key signed over this request's realm, device id,
+server id and nonce; it is raised with `signed = True` (and the server's time). The same code
+in an unsigned `ErrorMessage`, or a signed one that answers another request or does not verify,
+is a `BadProofError`: a transient failure that changes nothing. Anyone holding the RADIUS secret
+can write the former; only the realm can write the latter.
+
+Request builders take any `now` and raise only the project's errors: a time that is not a whole
+number of seconds in 0..2^64-1 is a `MalformedError`, before any state changes.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from . import kdf, message as m
-from .errors import BadProofError, ExpiredError, StateError, from_code
+from .errors import BadProofError, ExpiredError, MalformedError, StateError, TesseraError, from_code
 from .identity import BootstrapBundle, DeviceKey, verify
 from .seal import Sealer, open_with_private_key, point_from_bytes
-from .service import REGISTER_CONTEXT, REGISTER_REPLY_CONTEXT, drt_device_aad, eap_pwd_password, tgt_device_aad
+from .service import (ERROR_CONTEXT, REGISTER_CONTEXT, REGISTER_REPLY_CONTEXT, drt_device_aad, eap_pwd_password,
+                      tgt_device_aad)
 from .wire import Reader, Writer
 
 
@@ -108,12 +121,17 @@ class DeviceClient:
             raise StateError(f"{event} is not allowed in state {self.state.value}") from None
         self.state = new
 
-    def _begin(self, kind: str, event: str) -> State:
-        """Take the transition for a new request; returns the state to fall back to on failure
-        (a retry keeps the fallback of the request it replaces)."""
+    def _allowed(self, event: str) -> None:
+        if (self.state, event) not in TRANSITIONS:
+            raise StateError(f"{event} is not allowed in state {self.state.value}")
+
+    def _begin(self, kind: str, event: str, req: m.Message) -> None:
+        """Take the transition for a new request, built in full before (so a request that cannot
+        be built changes nothing); the fallback on failure is the state before the first of a
+        run of retries (a retry keeps the fallback of the request it replaces)."""
         fallback = self._pending[2] if self._pending is not None else self.state
         self._step(event)
-        return fallback
+        self._pending = (kind, req, fallback)
 
     def abandon(self) -> None:
         """Give up the outstanding request (no server answered)."""
@@ -129,27 +147,41 @@ class DeviceClient:
             self.state = self._pending[2]
             self._pending = None
 
-    def _reply(self, data: bytes, cls: type[m.Message]) -> m.Message:
-        msg = m.decode(data, (cls, m.ErrorMessage))
+    def _reply(self, data: bytes, cls: type[m.Message], req: m.Message) -> m.Message:
+        """The reply of type `cls` to `req`, or raise the realm's error (see the module's doc)."""
+        msg = m.decode(data, (cls, m.SignedError, m.ErrorMessage))
+        if isinstance(msg, m.SignedError):
+            raise self._signed_error(msg, req)
         if isinstance(msg, m.ErrorMessage):
-            self._fail()
             exc = from_code(msg.code, msg.detail)
-            exc.server_time = msg.server_time or None
-            raise exc
+            if exc.changes_state:
+                raise BadProofError(f"an unsigned {exc.name} error is not acted on ({exc.detail})")
+            raise exc  # an error no device acts on: passed on as it came, for the log and the back-off
         return msg
+
+    def _signed_error(self, msg: m.SignedError, req: m.Message) -> TesseraError:
+        if (msg.realm, msg.device_id, msg.server_id, msg.request_nonce) != (self.realm, self.device_id,
+                                                                            req.server_id, req.nonce):
+            return BadProofError("a signed error that answers another request is not acted on")
+        if not verify(self.service_key, msg.signature, ERROR_CONTEXT + msg.body()):
+            return BadProofError("an error not signed by the realm's service key is not acted on")
+        exc = from_code(msg.code, msg.detail)
+        exc.signed, exc.server_time = True, msg.server_time
+        return exc
 
     # -- registration --------------------------------------------------------------------
     def register_request(self, server_id: str, now: float, nonce: bytes) -> bytes:
-        fallback = self._begin("register", "register_request")
-        req = m.RegisterRequest(self.realm, self.device_id, server_id, int(now), nonce)
+        self._allowed("register_request")
+        req = m.RegisterRequest(self.realm, self.device_id, server_id, seconds(now), nonce)
         req.signature = self.key.sign(REGISTER_CONTEXT + req.body())
-        self._pending = ("register", req, fallback)
-        return req.encode()
+        data = req.encode()
+        self._begin("register", "register_request", req)
+        return data
 
     def register_reply(self, data: bytes, now: float) -> Registration:
         req = self._expect("register")
         try:
-            rep = self._reply(data, m.RegisterReply)
+            rep = self._reply(data, m.RegisterReply, req)
             if rep.request_nonce != req.nonce or rep.device_id != self.device_id or rep.realm != self.realm:
                 raise BadProofError("registration reply does not answer this request")
             if not verify(self.service_key, rep.signature, REGISTER_REPLY_CONTEXT + rep.body()):
@@ -170,25 +202,27 @@ class DeviceClient:
     def auth_request(self, server_id: str, now: float, nonce: bytes) -> bytes:
         if self.registration is None:
             raise StateError("no registration to authenticate with")
-        fallback = self._begin("ticket", "auth_request")
-        req = m.AuthRequest(self.realm, self.device_id, server_id, int(now), nonce, self.registration.drt)
+        self._allowed("auth_request")
+        req = m.AuthRequest(self.realm, self.device_id, server_id, seconds(now), nonce, self.registration.drt)
         req.mac = kdf.mac(kdf.derive(self.registration.llk, kdf.AUTH_PROOF), req.body())
-        self._pending = ("ticket", req, fallback)
-        return req.encode()
+        data = req.encode()
+        self._begin("ticket", "auth_request", req)
+        return data
 
     def renew_request(self, server_id: str, now: float, nonce: bytes) -> bytes:
         if self.credentials is None:
             raise StateError("no TGT to renew")
-        fallback = self._begin("ticket", "renew_request")
-        req = m.RenewRequest(self.realm, self.device_id, server_id, int(now), nonce, self.credentials.tgt)
+        self._allowed("renew_request")
+        req = m.RenewRequest(self.realm, self.device_id, server_id, seconds(now), nonce, self.credentials.tgt)
         req.mac = kdf.mac(kdf.derive(self.credentials.stk, kdf.RENEW_PROOF), req.body())
-        self._pending = ("ticket", req, fallback)
-        return req.encode()
+        data = req.encode()
+        self._begin("ticket", "renew_request", req)
+        return data
 
     def ticket_reply(self, data: bytes, now: float) -> Credentials:
         req = self._expect("ticket")
         try:
-            rep = self._reply(data, m.TicketReply)
+            rep = self._reply(data, m.TicketReply, req)
             if rep.request_nonce != req.nonce or rep.device_id != self.device_id or rep.realm != self.realm:
                 raise BadProofError("ticket reply does not answer this request")
             if isinstance(req, m.AuthRequest):
@@ -220,6 +254,9 @@ class DeviceClient:
         return None
 
     def tgt_for_peering(self, now: float) -> Credentials:
+        """The TGT for a peer hello or session request at `now` (which must be a time the
+        messages can carry: the peer roles build with it)."""
+        seconds(now)
         if self.credentials is None or now >= self.credentials.not_after:
             raise ExpiredError("no valid TGT")
         return self.credentials
@@ -263,3 +300,18 @@ class DeviceClient:
     def _state_key(self) -> bytes:
         scalar = self.key.private_key.private_numbers().private_value.to_bytes(32, "big")
         return kdf.derive(scalar, b"device state at rest", self.device_id.encode())
+
+
+MAX_TIME = 2**64 - 1  # times are u64 seconds (docs/layouts.md#encodings)
+
+
+def seconds(now: float) -> int:
+    """`now` as the whole seconds a message carries; MalformedError if it is not a finite time
+    in 0..2^64-1 (a device clock gone wild, or an offset that would put it there)."""
+    try:
+        finite = math.isfinite(now)
+    except TypeError:
+        finite = False
+    if not finite or not 0 <= now <= MAX_TIME:
+        raise MalformedError("the time is not a number of seconds a message can carry (0..2^64-1)")
+    return int(now)

@@ -17,6 +17,18 @@ class TesseraError(Exception):
 
     code = 1
     name = "error"
+    #: a device changes state on this error (drops its tickets, moves its clock): the service
+    #: signs it over the request's nonce and a device acts on it only when `signed`
+    #: (docs/layouts.md#signederror)
+    changes_state = False
+    #: service side: the request this error refuses, set once that request's proof verified
+    #: (only then may `Service.error_reply` sign it: the error is for a real device)
+    proven_request = None
+    #: device side: True once the service's signature over this device's request verified
+    signed = False
+    #: the server's clock as the error reply gave it (a device adopts it only from a signed
+    #: ClockSkewError)
+    server_time: int | None = None
 
     def __init__(self, detail: str | None = None):
         self.detail = detail
@@ -62,24 +74,28 @@ class UnknownDeviceError(TesseraError):
     """The device is not enrolled in this realm."""
 
     code, name = 7, "unknown-device"
+    changes_state = True
 
 
 class RevokedError(TesseraError):
     """The device is revoked."""
 
     code, name = 8, "revoked"
+    changes_state = True
 
 
 class NotRegisteredError(TesseraError):
     """The device has no valid registration."""
 
     code, name = 9, "not-registered"
+    changes_state = True
 
 
 class SupersededError(TesseraError):
     """The registration ticket was replaced by a newer registration."""
 
     code, name = 10, "superseded"
+    changes_state = True
 
 
 class ExpiredError(TesseraError):
@@ -98,6 +114,7 @@ class ClockSkewError(TesseraError):
     """The request's timestamp is outside the allowed clock skew."""
 
     code, name = 13, "clock-skew"
+    changes_state = True
 
     def __init__(self, detail: str | None = None, server_time: int | None = None):
         super().__init__(detail)
@@ -147,11 +164,18 @@ class InternalError(TesseraError):
     code, name = 20, "internal-error"
 
 
+class WrongIdentityError(TesseraError):
+    """The message names another device than the one the transport authenticated (RadSec:
+    the device certificate of the TLS connection)."""
+
+    code, name = 21, "wrong-identity"
+
+
 ALL: tuple[type[TesseraError], ...] = (
     TesseraError, MalformedError, UnsupportedVersionError, InvalidTicket, UnknownKeyVersionError,
     WrongRealmError, UnknownDeviceError, RevokedError, NotRegisteredError, SupersededError,
     ExpiredError, NotYetValidError, ClockSkewError, BadProofError, ReplayError, WrongServerError,
-    WrongPeerError, StateError, CertificateError, InternalError,
+    WrongPeerError, StateError, CertificateError, InternalError, WrongIdentityError,
 )
 BY_CODE: dict[int, type[TesseraError]] = {cls.code: cls for cls in ALL}
 

@@ -8,8 +8,10 @@ server accepts. Signatures are ECDSA-SHA256 in fixed 64-byte r||s form (fits RAD
 and has no DER length games).
 
 The bootstrap bundle is what a device needs to find and trust its realm: realm name, the
-service's public key, the RADIUS servers (id, address, port, shared secret), and optionally
-the device's own key and certificate when the service generated them.
+service's public key, the RADIUS servers (id, address, ports, certificate name), how to reach
+them -- RADIUS over TLS with the device certificate (RadSec, the default: no shared secret) or,
+as the weaker option, over UDP with a shared secret -- and optionally the device's own key and
+certificate when the service generated them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
@@ -127,30 +129,117 @@ def certificate_serial_hex(cert: x509.Certificate) -> str:
 
 
 def certificate_device_id(cert: x509.Certificate) -> str:
-    """The device id a device certificate names: its subject serialNumber, else its CN."""
-    for oid in (NameOID.SERIAL_NUMBER, NameOID.COMMON_NAME):
-        attrs = cert.subject.get_attributes_for_oid(oid)
-        if attrs:
-            return check_device_id(str(attrs[0].value))
-    raise CertificateError("certificate names no device (no serialNumber or CN)")
+    """The device id a device certificate names: its subject CN, the one field both enrolment
+    and admission read (FreeRADIUS hands the admission check TLS-Client-Cert-Common-Name, and
+    RadSec matches the connection's CN to the message). An 802.1AR subject serialNumber, if
+    there is one, must name the same device: a certificate whose CN names something else would
+    enrol a device that could never be admitted."""
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1:
+        raise CertificateError("the subject must hold exactly one CN, the device id "
+                               f"(it holds {len(cns)})")
+    device_id = str(cns[0].value)
+    try:
+        check_device_id(device_id)
+    except MalformedError:
+        raise CertificateError(f"the subject CN {device_id[:64]!r} is not a device id") from None
+    for attr in cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER):
+        if str(attr.value) != device_id:
+            raise CertificateError(f"the subject serialNumber {str(attr.value)[:64]!r} differs from the CN "
+                                   f"{device_id!r}: a device is admitted by the CN, so both must name it")
+    return device_id
+
+
+def _utc(now: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(now, dt.timezone.utc)
+
+
+def _check_validity(cert: x509.Certificate, when: dt.datetime, what: str) -> None:
+    if when < cert.not_valid_before_utc:
+        raise CertificateError(f"{what} is outside its validity period: not valid before "
+                               f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}")
+    if when > cert.not_valid_after_utc:
+        raise CertificateError(f"{what} is outside its validity period: expired at "
+                               f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}")
+
+
+def _extension(cert: x509.Certificate, cls):
+    try:
+        return cert.extensions.get_extension_for_class(cls).value
+    except x509.ExtensionNotFound:
+        return None
+    except (ValueError, x509.DuplicateExtension) as exc:  # parsed lazily: bad DER, duplicates
+        raise CertificateError(f"the certificate's extensions do not parse ({exc})") from None
+
+
+_EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+              ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning", ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+              ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping", ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+              ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "anyExtendedKeyUsage"}
+
+
+def check_end_entity(cert: x509.Certificate) -> None:
+    """A device's certificate: not a CA (BasicConstraints CA=false or absent in a v3
+    certificate, no keyCertSign), usable for TLS client authentication (clientAuth if it
+    restricts its extended key usage) and for signatures (digitalSignature if it has a
+    keyUsage), on an EC P-256 key."""
+    if cert.version is not x509.Version.v3:
+        raise CertificateError("an X.509 v1 certificate cannot say it is an end-entity certificate")
+    bc = _extension(cert, x509.BasicConstraints)
+    if bc is not None and bc.ca:
+        raise CertificateError("a CA certificate (BasicConstraints CA=true) is not a device certificate")
+    ku = _extension(cert, x509.KeyUsage)
+    if ku is not None and (ku.key_cert_sign or ku.crl_sign):
+        raise CertificateError("a certificate that may sign certificates (keyUsage keyCertSign/cRLSign) "
+                               "is not a device certificate")
+    if ku is not None and not ku.digital_signature:
+        raise CertificateError("the certificate's keyUsage lacks digitalSignature (EAP-TLS and registration sign)")
+    eku = _extension(cert, x509.ExtendedKeyUsage)
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        names = ", ".join(_EKU_NAMES.get(u, u.dotted_string) for u in eku)
+        raise CertificateError(f"the certificate's extended key usage ({names}) lacks clientAuth")
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise CertificateError("device certificates must carry an EC P-256 key")
 
 
 def check_device_certificate(cert: x509.Certificate, trusted: list[x509.Certificate], now: float) -> str:
-    """Verify a device certificate against trusted CA certificates; returns the device id."""
-    when = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-    if not (cert.not_valid_before_utc <= when <= cert.not_valid_after_utc):
-        raise CertificateError("certificate is outside its validity period")
-    if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
-        raise CertificateError("device certificates must carry an EC P-256 key")
-    for ca in trusted:
+    """Verify a device certificate for enrolment; returns the device id (`certificate_device_id`).
+    It must be an end-entity certificate for client authentication (`check_end_entity`), valid
+    now, and signed by a trusted device CA that is itself a CA valid now. Each refusal is a
+    CertificateError naming what is wrong."""
+    when = _utc(now)
+    check_end_entity(cert)
+    _check_validity(cert, when, "certificate")
+    refusal = CertificateError("certificate is not issued by a trusted device CA")
+    for ca in trusted:  # several may carry the issuer's name (a renewed CA): one must do
         if ca.subject != cert.issuer:
             continue
         try:
             cert.verify_directly_issued_by(ca)
         except (ValueError, TypeError, InvalidSignature):
             continue
+        try:
+            _check_issuer(ca, when)
+        except CertificateError as exc:
+            refusal = exc
+            continue
         return certificate_device_id(cert)
-    raise CertificateError("certificate is not issued by a trusted device CA")
+    raise refusal
+
+
+def _check_issuer(ca: x509.Certificate, when: dt.datetime) -> None:
+    name = ca.subject.rfc4514_string()[:80]
+    bc = _extension(ca, x509.BasicConstraints)
+    if bc is None or not bc.ca:
+        raise CertificateError(f"the issuer {name} is not a CA certificate")
+    ku = _extension(ca, x509.KeyUsage)
+    if ku is not None and not ku.key_cert_sign:
+        raise CertificateError(f"the issuer {name} may not sign certificates (keyUsage lacks keyCertSign)")
+    _check_validity(ca, when, f"the issuing CA {name}")
 
 
 @dataclass
@@ -211,11 +300,18 @@ class CertificateAuthority:
 
 @dataclass(frozen=True)
 class ServerEntry:
-    """One RADIUS server of the realm, as the device addresses its proofs to it."""
+    """One RADIUS server of the realm, as the device addresses its proofs to it: its UDP port,
+    and for RadSec its TCP port and the name its TLS certificate carries (empty: ``host``)."""
 
     server_id: str
     host: str
     port: int = 1812
+    radsec_port: int = 2083  # IANA's port for RADIUS/TLS (RFC 6614)
+    tls_name: str = ""
+
+
+RADSEC = "radsec"  # RADIUS/TLS with the device certificate (RFC 6614): no shared secret
+UDP = "udp"  # RADIUS/UDP with a shared secret: the weaker option, for labs and old devices
 
 
 @dataclass
@@ -231,6 +327,29 @@ class BootstrapBundle:
     device_certificate_pem: bytes | None = None
     ca_certificate_pem: bytes | None = None  # trust anchor for the RADIUS server's EAP-TLS cert
     extra: dict = field(default_factory=dict)
+    # How the device speaks RADIUS: RADSEC (the default when there is no secret: TLS with the
+    # device certificate, to each server's radsec_port, the server's certificate checked against
+    # ca_certificate_pem and its tls_name) or UDP (with radius_secret, which every holder of
+    # such a bundle shares: anyone holding one can forge replies to, and requests as, any device
+    # at an address the server accepts -- for labs and devices that cannot do TLS).
+    radius_transport: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.radius_transport:
+            self.radius_transport = UDP if self.radius_secret else RADSEC
+        if self.radius_transport not in (RADSEC, UDP):
+            raise MalformedError(f"bootstrap bundle: radius_transport must be {RADSEC!r} or {UDP!r}, "
+                                 f"not {str(self.radius_transport)[:32]!r}")
+        if self.radius_transport == RADSEC and self.radius_secret:
+            raise MalformedError("bootstrap bundle: a RadSec bundle carries no RADIUS secret")
+        if self.radius_transport == UDP and not self.radius_secret:
+            raise MalformedError("bootstrap bundle: RADIUS over UDP needs the shared secret")
+
+    def _server_json(self, s: ServerEntry) -> dict:
+        if self.radius_transport == UDP:
+            return {"id": s.server_id, "host": s.host, "port": s.port}
+        return {"id": s.server_id, "host": s.host, "radsec_port": s.radsec_port,
+                **({"tls_name": s.tls_name} if s.tls_name else {})}
 
     def to_json(self) -> str:
         def b64(v):
@@ -241,8 +360,9 @@ class BootstrapBundle:
             "realm": self.realm,
             "device_id": self.device_id,
             "service_public_key": b64(self.service_public_key),
-            "servers": [{"id": s.server_id, "host": s.host, "port": s.port} for s in self.servers],
-            "radius_secret": self.radius_secret,
+            "radius_transport": self.radius_transport,
+            "servers": [self._server_json(s) for s in self.servers],
+            **({"radius_secret": self.radius_secret} if self.radius_transport == UDP else {}),
             "device_key_pem": self.device_key_pem.decode() if self.device_key_pem else None,
             "device_certificate_pem": self.device_certificate_pem.decode() if self.device_certificate_pem else None,
             "ca_certificate_pem": self.ca_certificate_pem.decode() if self.ca_certificate_pem else None,
@@ -253,11 +373,19 @@ class BootstrapBundle:
     def from_json(cls, text: str) -> "BootstrapBundle":
         try:
             d = json.loads(text)
-            if d.get("format") != "tessera-bootstrap-1":
+            if not isinstance(d, dict) or d.get("format") != "tessera-bootstrap-1":
                 raise MalformedError("not a tessera-bootstrap-1 bundle")
             pub = base64.b64decode(d["service_public_key"], validate=True)
             point_from_bytes(pub)
-            servers = [ServerEntry(str(s["id"]), str(s["host"]), int(s["port"])) for s in d["servers"]]
+            if not isinstance(d["servers"], list) or not all(isinstance(s, dict) for s in d["servers"]):
+                raise MalformedError("bootstrap bundle: servers must be a list of objects")
+            servers = [ServerEntry(str(s["id"]), str(s["host"]), int(s.get("port", 1812)),
+                                   int(s.get("radsec_port", 2083)), str(s.get("tls_name", ""))) for s in d["servers"]]
+            if not all(0 < s.port < 65536 and 0 < s.radsec_port < 65536 for s in servers):
+                raise MalformedError("bootstrap bundle: a server port is outside 1..65535")
+            for k in ("device_key_pem", "device_certificate_pem", "ca_certificate_pem"):
+                if not isinstance(d.get(k) or "", str):
+                    raise MalformedError(f"bootstrap bundle: {k} is not a string")
             enc = lambda v: v.encode() if v else None  # noqa: E731
             return cls(
                 realm=check_realm(d["realm"]), device_id=check_device_id(d["device_id"]),
@@ -265,6 +393,9 @@ class BootstrapBundle:
                 device_key_pem=enc(d.get("device_key_pem")),
                 device_certificate_pem=enc(d.get("device_certificate_pem")),
                 ca_certificate_pem=enc(d.get("ca_certificate_pem")), extra=d.get("extra", {}),
+                radius_transport=str(d.get("radius_transport", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except RecursionError:  # nested deeper than json can read
+            raise MalformedError("bootstrap bundle: JSON nested too deeply") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: a port of 1e999
             raise MalformedError(f"bootstrap bundle: {exc}") from exc

@@ -13,7 +13,8 @@ proof (signature or MAC) over `body()` — every byte before it.
     5     RenewRequest       Tessera-Message      HMAC under a key from the STK
     6     SessionRequest     Tessera-Message      HMAC under a key from B's STK (+ A's authenticator)
     7     SessionReply       Tessera-Reply        (both parts are AEAD)
-    15    ErrorMessage       Tessera-Reply / frame
+    8     SignedError        Tessera-Reply        ECDSA by the service key, over the request's nonce
+    15    ErrorMessage       Tessera-Reply / frame  none: a device never changes state on it
     32    PeerHello          frame A→B            A's authenticator (HMAC, names B)
     33    PeerTicket         frame B→A            finished MAC of B
     34    PeerFinished       frame A→B            finished MAC of A
@@ -28,6 +29,7 @@ Byte layout: docs/layouts.md#messages
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -71,7 +73,7 @@ def _push(w: Writer, kind: str, v) -> None:
     if kind == "id":
         w.push_str(v, 64)
     elif kind == "text":
-        w.push_str(v[:255], 255)
+        w.push_str(v.encode("utf-8")[:255].decode("utf-8", "ignore"), 255)  # cut at 255 bytes, whole characters
     elif kind == "u16":
         w.push_u16(v)
     elif kind == "u64":
@@ -101,7 +103,13 @@ class Message:
         for name, kind in self.FIELDS:
             if name == upto:
                 break
-            _push(w, kind, getattr(self, name))
+            try:
+                _push(w, kind, getattr(self, name))
+            except (struct.error, ValueError, TypeError, OverflowError, AttributeError) as exc:
+                # a time beyond u64, an id over its bound, a nonce of the wrong size: the
+                # project's own error, never struct.error (the value itself is not repeated)
+                raise MalformedError(f"{type(self).__name__}.{name} cannot be encoded as {kind}: "
+                                     f"{type(exc).__name__}") from None
         return w.getvalue()
 
     def encode(self) -> bytes:
@@ -250,7 +258,31 @@ class SessionReply(Message):
 
 
 @dataclass(repr=False)
+class SignedError(Message):
+    """Service → device: an error the device acts on (clock-skew, revoked, unknown-device,
+    superseded, not-registered), signed by the service key over the refused request's realm,
+    device id, server id and nonce, so that it answers that request and no other."""
+
+    realm: str
+    device_id: str
+    server_id: str  # the server the refused request was addressed to
+    request_nonce: bytes
+    code: int
+    server_time: int  # the server's clock when it answered (a device adopts it on clock-skew)
+    detail: str
+    signature: bytes = b"\x00" * SIG_LEN
+    TYPE = 8
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("server_id", "id"), ("request_nonce", "nonce"),
+              ("code", "u16"), ("server_time", "u64"), ("detail", "text"), ("signature", "sig"))
+    PROOF = "signature"
+
+
+@dataclass(repr=False)
 class ErrorMessage(Message):
+    """Unsigned: from the service for errors no device acts on (or when the request was not
+    proven), and peer → peer in frames. A device treats a state-changing code in it as a
+    transient failure."""
+
     code: int
     server_time: int  # 0 unless the error is clock skew: lets a device without a set clock recover
     detail: str
@@ -313,7 +345,7 @@ class PeerAnnounce(Message):
 
 MESSAGES: dict[int, type[Message]] = {
     m.TYPE: m for m in (RegisterRequest, RegisterReply, AuthRequest, TicketReply, RenewRequest,
-                        SessionRequest, SessionReply, ErrorMessage, PeerHello, PeerTicket,
+                        SessionRequest, SessionReply, SignedError, ErrorMessage, PeerHello, PeerTicket,
                         PeerFinished, PeerData, PeerAnnounce)
 }
 

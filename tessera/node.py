@@ -9,7 +9,9 @@ timer ticks go in; actions come out (start 802.1X, ask the realm, send a frame, 
                                   closed and try again after a back-off
     RadiusAnswer / RadiusFailed   feed the DeviceClient or the peer handshake; a failure backs off
                                   (clock-skew: adopt the server's time and retry at once, once;
-                                  superseded / not-registered: the DRT is dead, register afresh)
+                                  superseded / not-registered: the DRT is dead, register afresh;
+                                  both only when the realm signed the error over this request:
+                                  docs/layouts.md#signederror)
     FrameReceived                 PeerAnnounce → the lower device id starts a handshake;
                                   PeerHello → ask the realm for a session key; PeerTicket /
                                   PeerFinished → establish; PeerData → open and deliver;
@@ -21,12 +23,23 @@ timer ticks go in; actions come out (start 802.1X, ask the realm, send a frame, 
 Actions that need the RADIUS client carry a `build(server_id)` callable: the request is built
 per server, because each proof names the server it is addressed to. The adapter calls it under
 the same lock as `handle`. Neither keys nor tickets appear in `Log` actions or `status()`.
+
+The clock offset is bounded by the time it leads to, not by its size: a signed clock-skew's
+server time is adopted only within [EARLIEST_TIME, LATEST_TIME) = the years 2020-2099. A
+device without a real-time clock boots in 1970 (or at its firmware's build date) and must
+adopt an offset of decades: that is what clock-skew recovery is for, so a bound on the offset
+itself (say ±10 years) would break the very devices it serves. A server time outside those
+years means the realm's clock is broken (a signed time cannot be forged); adopting it would
+put every later request — and every lifetime added to it — out of step with the rest of the
+realm, or past what a u64 carries (2^64-1 once made every request build fail). Not adopted,
+it is a plain failure with a back-off; the device keeps its clock and tries again.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,6 +51,8 @@ from .peer import Channel, PeerInitiator, PeerResponder, PeerState
 from .record import session_id_of
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+EARLIEST_TIME = 1_577_836_800  # 2020-01-01T00:00:00Z: a realm clock before this is broken
+LATEST_TIME = 4_102_444_800  # 2100-01-01T00:00:00Z: likewise after it
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -304,17 +319,33 @@ class Node:
             self._feed_reply(kind, ctx, ev.reply, t, out)
             self.skew_retried = False
         except ClockSkewError as exc:
-            if exc.server_time:
-                off, t = exc.server_time - t, exc.server_time  # from here on, the server's time
-                self.offset += off
-                out.append(Log("clock", f"clock off by {off:+.0f} s: using the server's time"))
+            adopted = self._adopt_time(exc, t, out)
+            if adopted:
+                t = exc.server_time  # from here on, the server's time
             # the first clock-skew is retried at once on the adopted time; another one straight
-            # after it (a server whose clock jumps, or someone answering for it) backs off
+            # after it (a server whose clock jumps) backs off, and so does one not adopted
             again, self.skew_retried = self.skew_retried, True
-            self._failed(kind, ctx, exc, t, out, retry_now=not again)
+            self._failed(kind, ctx, exc, t, out, retry_now=adopted and not again)
         except TesseraError as exc:
             self.skew_retried = False
             self._failed(kind, ctx, exc, t, out)
+
+    def _adopt_time(self, exc: ClockSkewError, t: float, out: list[Action]) -> bool:
+        """Move the clock to a clock-skew's server time if the realm signed it (the device core
+        verified it over this request's nonce) and it lies in [EARLIEST_TIME, LATEST_TIME)."""
+        when = exc.server_time
+        if not exc.signed or when is None:
+            return False  # e.g. a session request's error: unsigned, nobody proved it
+        if not EARLIEST_TIME <= when < LATEST_TIME:
+            out.append(Log("clock", f"the realm's clock reads {when}, outside the years 2020-2099: not adopted"))
+            return False
+        if not math.isfinite(when - t):
+            out.append(Log("clock", "this device's clock is not a number: the realm's time is not adopted"))
+            return False
+        off = when - t
+        self.offset += off
+        out.append(Log("clock", f"clock off by {off:+.0f} s: using the server's time"))
+        return True
 
     def _feed_reply(self, kind: str, ctx, reply: bytes, t: float, out: list[Action] | None = None) -> None:
         if kind == "register":
@@ -343,8 +374,10 @@ class Node:
             self.retry_at = t if retry_now else t + self.backoff
             if not retry_now:
                 self.backoff = min(self.backoff * 2, self.timers.retry_max)
-            if isinstance(exc, (UnknownDeviceError, RevokedError, SupersededError, NotRegisteredError)):
-                # the realm will not talk to us, or our DRT is dead: only a new registration helps
+            if exc.signed and isinstance(exc, (UnknownDeviceError, RevokedError, SupersededError, NotRegisteredError)):
+                # the realm (its signature, over this request) will not talk to us, or our DRT is
+                # dead: only a new registration helps. Unsigned, the device core made it a
+                # transient BadProofError already; `signed` is checked here too, as the rule
                 self.client.registration = self.client.credentials = None
                 self.client.state = State.ENROLLED
             out.append(Log(f"{kind}-failed", f"{exc}; retry in {self.retry_at - t:.0f} s"))

@@ -139,26 +139,42 @@ class Realm:
         return rec
 
     def enrol_certificate(self, cert_pem: bytes, now: float) -> DeviceRecord:
-        """Enrol by a device certificate from a trusted device CA (claims 10, 20)."""
+        """Enrol by a device certificate from a trusted device CA (claims 10, 20): an end-entity
+        certificate for client authentication, valid now, issued by a trusted CA valid now, naming
+        the device in its CN (`identity.check_device_certificate`) -- the CN and the issuer string
+        are what admission matches, so a certificate that enrols is one that can be admitted."""
         cert = load_certificate(cert_pem)
         device_id = check_device_certificate(cert, self.trusted_cas(), now)
+        issuer = issuer_string(cert)
+        odd = [part for part in issuer.split("/")[1:] if part.split("=", 1)[0][:1].isdigit()]
+        if odd or not issuer.isascii() or not issuer.isprintable():
+            # admission looks the device up by TLS-Client-Cert-Issuer, OpenSSL's one-line form,
+            # which names these attributes (or escapes these characters) otherwise
+            raise CertificateError(f"the issuer name {issuer[:120]!r} has parts the realm cannot match to what "
+                                   "FreeRADIUS reports at admission; the device could never be admitted")
         return self.enrol_key(device_id, point_bytes(cert.public_key()), now, cert, "certificate")
 
     def issue_certificate(self, device_id: str, public_key: bytes, now: float) -> x509.Certificate:
         return self.ca.issue_device_certificate(device_id, point_from_bytes(public_key), now)
 
-    def enrol_generated(self, device_id: str, servers: list[ServerEntry], radius_secret: str, now: float) -> BootstrapBundle:
-        """The service makes the key pair and a certificate, and exports the bundle (claim 13)."""
+    def enrol_generated(self, device_id: str, servers: list[ServerEntry], radius_secret: str, now: float,
+                        transport: str = "") -> BootstrapBundle:
+        """The service makes the key pair and a certificate, and exports the bundle (claim 13).
+        ``radius_secret`` "" makes a RadSec bundle (the device speaks with its certificate)."""
+        b = self.bundle(device_id, servers, radius_secret, transport)  # a bad bundle enrols nothing
         key = DeviceKey.generate()
         cert = self.issue_certificate(device_id, key.public_bytes(), now)
         self.enrol_key(device_id, key.public_bytes(), now, cert, "bundle")
-        b = self.bundle(device_id, servers, radius_secret)
         b.device_key_pem, b.device_certificate_pem = key.pem(), pem_certificate(cert)
         return b
 
-    def bundle(self, device_id: str, servers: list[ServerEntry], radius_secret: str) -> BootstrapBundle:
+    def bundle(self, device_id: str, servers: list[ServerEntry], radius_secret: str = "",
+               transport: str = "") -> BootstrapBundle:
+        """The bootstrap bundle for ``device_id``: RadSec (``identity.RADSEC``, the default
+        without a secret) or, with ``radius_secret``, RADIUS over UDP (``identity.UDP``, the
+        weaker option: every holder of the secret can speak as any device)."""
         return BootstrapBundle(self.name, device_id, self.service_public_key, servers, radius_secret,
-                               ca_certificate_pem=pem_certificate(self.ca.certificate))
+                               ca_certificate_pem=pem_certificate(self.ca.certificate), radius_transport=transport)
 
     def trusted_cas(self) -> list[x509.Certificate]:
         pem = self.registry.get_meta("trusted_cas") or b""
@@ -222,11 +238,12 @@ def read_kek(path: str) -> bytes:
 
 
 def create_kek(path: str) -> bytes:
-    """Write a new random KEK, 0600, refusing to overwrite one."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Write a new random KEK, 0600, refusing to overwrite one (or to write through a symlink):
+    whole or not at all (`secretfile.write_secret`)."""
+    from .secretfile import write_secret
+
     kek = os.urandom(KEK_LEN)
-    with os.fdopen(fd, "wb") as f:
-        f.write(kek)
+    write_secret(path, kek, exclusive=True)
     return kek
 
 

@@ -1,20 +1,46 @@
-"""Freshness: a clock-skew window and an in-memory replay cache.
+"""Freshness: a clock-skew window and an in-memory replay cache with per-device quotas.
 
 Tessera proves freshness in one round trip: every request carries a timestamp and a random
 nonce and names the server it is addressed to, all under its proof. A server accepts a request
 only if the timestamp is within `skew` of its clock, the server id is its own, and the proof's
-(kind, device, nonce) is not in its cache. Entries live until the timestamp leaves the window,
-so the cache is bounded by the request rate times 2·skew. Because each proof is bound to one
-server, a copy replayed to another server of the realm fails there with `WrongServerError`: each
-server's own cache suffices and nothing shared sits in the request path (Kerberos replicas share
-keys but not replay caches, so a replay to another KDC passes there).
+(kind, device, nonce) is not in its cache. Entries live until the timestamp leaves the window
+(at most 2·skew + 1 s), so the cache holds only what could still pass. Because each proof is
+bound to one server, a copy replayed to another server of the realm fails there with
+`WrongServerError`: each server's own cache suffices and nothing shared sits in the request path
+(Kerberos replicas share keys but not replay caches, so a replay to another KDC passes there).
+
+Bounded per device, not only in total. Every entry is charged to one device, and only after
+that device's proof verified (so only enrolled devices, with their own keys, are charged). A
+device may hold at most `per_device` live entries: one device flooding fresh nonces is refused
+with `QuotaError` naming it, while every other device keeps being served, and it is served again
+once its entries leave the window. A replay is refused as `replay` before any quota is counted.
+As a backstop the whole cache has a soft size, `max_entries`: when it is reached only devices
+holding fewer than `reserve` entries are served (a device that asks rarely is never starved by
+many that ask a lot). So at all times
+
+    entries ≤ min(per_device × D, max_entries + reserve × D)
+
+with D the devices holding entries — never more than the realm's enrolled devices.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 
-from .errors import ClockSkewError, InternalError, ReplayError
+from .errors import ClockSkewError, ReplayError, TesseraError
+
+# Live proofs per device. A proof stamped `now` is kept skew + 1 s (301 s at the default skew),
+# so 512 allow ~1.7 requests/s from one device for ever -- a device makes a few per TGT lifetime
+# plus two per peer session it starts. A device's neighbours cannot spend its quota (see service).
+DEFAULT_PER_DEVICE = 512
+DEFAULT_MAX_ENTRIES = 2_000_000
+DEFAULT_RESERVE = 16
+
+
+class QuotaError(TesseraError):
+    """The device sent more fresh proofs within the replay window than its quota allows."""
+
+    code, name = 22, "over-quota"  # beside errors.py's codes (21 is wrong-identity)
 
 
 def check_skew(timestamp: int, now: int, skew: int) -> None:
@@ -23,31 +49,66 @@ def check_skew(timestamp: int, now: int, skew: int) -> None:
 
 
 class ReplayCache:
-    """Remembers proofs until they could no longer pass the skew check."""
+    """Remembers proofs until they could no longer pass the skew check, at most `per_device`
+    of them per device."""
 
-    def __init__(self, skew: int, max_entries: int = 2_000_000):
+    def __init__(self, skew: int, per_device: int = DEFAULT_PER_DEVICE, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 reserve: int = DEFAULT_RESERVE):
+        if per_device < 2 or reserve < 2 or max_entries < 1:
+            raise ValueError("per_device and reserve must be at least 2 (a session request adds two proofs)")
         self.skew = skew
+        self.per_device = per_device
         self.max_entries = max_entries
-        self._seen: dict[bytes, int] = {}
-        self._order: deque[tuple[int, bytes]] = deque()
+        self.reserve = min(reserve, per_device)
+        self._seen: dict[bytes, str] = {}  # proof key → the device it is charged to
+        self._expiry: list[tuple[int, bytes]] = []  # heap of (expiry, proof key)
+        self._held: dict[str, int] = {}  # device → live entries charged to it
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def _prune(self, now: int) -> None:
-        while self._order and self._order[0][0] <= now:
-            expiry, key = self._order.popleft()
-            if self._seen.get(key) == expiry:
-                del self._seen[key]
+    def held(self, device: str) -> int:
+        """Live entries charged to `device`."""
+        return self._held.get(device, 0)
 
-    def add(self, key: bytes, timestamp: int, now: int) -> None:
-        """Record a verified proof; raises ReplayError if it was seen and could still pass."""
+    @property
+    def devices(self) -> int:
+        """Devices holding at least one live entry."""
+        return len(self._held)
+
+    def _prune(self, now: int) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            _, key = heapq.heappop(self._expiry)
+            device = self._seen.pop(key)
+            left = self._held[device] - 1
+            if left:
+                self._held[device] = left
+            else:
+                del self._held[device]
+
+    def add(self, device: str, key: bytes, timestamp: int, now: int) -> None:
+        """Record a verified proof charged to `device`; raises ReplayError if it was seen and
+        could still pass, QuotaError if the device is over its quota."""
+        self.add_all(device, ((key, timestamp),), now)
+
+    def add_all(self, device: str, proofs: tuple[tuple[bytes, int], ...], now: int) -> None:
+        """Record several verified proofs charged to one device: all of them, or none (a
+        refusal leaves nothing behind that could count against anyone)."""
         self._prune(now)
-        if self._seen.get(key, 0) > now:
+        if len({key for key, _ in proofs}) != len(proofs):
+            raise ReplayError("the same proof twice in one request")
+        if any(key in self._seen for key, _ in proofs):
             raise ReplayError("this proof was already used")
-        if len(self._seen) >= self.max_entries:
-            raise InternalError("replay cache full")
-        expiry = max(timestamp, now) + self.skew + 1
-        self._seen[key] = expiry
-        # expiries arrive nearly in order; a late one only delays pruning, never correctness
-        self._order.append((expiry, key))
+        held = self.held(device)
+        window = 2 * self.skew + 1
+        if held + len(proofs) > self.per_device:
+            raise QuotaError(f"device {device} already has {held} live proofs here (quota {self.per_device}, "
+                             f"each kept up to {window} s); retry later")
+        if len(self._seen) + len(proofs) > self.max_entries and held + len(proofs) > self.reserve:
+            raise QuotaError(f"the replay cache is full ({len(self._seen)} proofs) and device {device} "
+                             f"holds {held}; retry later")
+        for key, timestamp in proofs:
+            # the latest moment the proof could still pass check_skew
+            heapq.heappush(self._expiry, (max(timestamp, now) + self.skew + 1, key))
+            self._seen[key] = device
+        self._held[device] = held + len(proofs)

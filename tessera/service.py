@@ -8,11 +8,19 @@ part and the STK inside the TGT's, both sealed under the service key, so any ser
 can answer any request. Its only state is the replay cache of proofs addressed to it.
 
 Checks run cheapest-first and proofs before anything is written: parse → realm → server id →
-clock skew → open ticket → verify proof → validity → registry state → replay cache → issue.
+open ticket (registration: the enrolled key) → verify proof → clock skew → validity → registry
+state → replay cache → issue. The proof comes before the clock and the registry so that a
+request nobody proved learns nothing about a device's state (only, for a registration, whether
+its id is enrolled: the enrolled key is what checks the proof), and so that an error a device
+acts on (`TesseraError.changes_state`) is signed only for a real device: `error_reply` signs it
+over the request's nonce (a `SignedError`) only when the request's proof verified, so a
+signature (~24 µs) is spent only on a request a real device made: a replayed one costs about a
+normal exchange, less than a forged registration does (docs/layouts.md#signederror).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,8 +28,12 @@ from . import kdf, message as m
 from .errors import (BadProofError, CertificateError, InvalidTicket, MalformedError, NotRegisteredError,
                      RevokedError, StateError, SupersededError, TesseraError, UnknownDeviceError,
                      WrongPeerError, WrongRealmError, WrongServerError)
+from .errors import WrongIdentityError
+from .errors import ReplayError
+from .audit import AuditAggregator
 from .identity import DeviceKey, check_device_id, verify
 from .registry import AuditEvent, DeviceRecord, DeviceState, Registry
+from .registry import Registered, StaleRequestError, check_freshness
 from .replay import ReplayCache, check_skew
 from .seal import Sealer, point_from_bytes, seal_to_public_key
 from .servicekey import KeyRing
@@ -30,6 +42,7 @@ from .wire import Writer
 
 REGISTER_CONTEXT = b"tessera v1 register\x00"
 REGISTER_REPLY_CONTEXT = b"tessera v1 register reply\x00"
+ERROR_CONTEXT = b"tessera v1 error\x00"  # SignedError: docs/layouts.md#signederror
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class Service:
         self.signing_key = signing_key
         self.random = random
         self.policy = policy
+        self.rejections = AuditAggregator(server_id)  # refused registrations: bounded audit rows (tessera.audit)
         self.replay = ReplayCache(policy.clock_skew)
         self._handlers = {
             m.RegisterRequest: self._register,
@@ -100,27 +114,62 @@ class Service:
         """Reply bytes for a request, or raise TesseraError with the reason."""
         return self.process(request, now).reply
 
+    def handle_as(self, request: bytes, sender: str, now: float) -> bytes:
+        """``handle`` for a request whose transport authenticated its sender (RadSec: the
+        device certificate of the TLS connection, bound to its enrolled device by
+        ``admit_certificate``, see tessera/vetting.py). A message naming another device is
+        refused before anything else about it is checked or remembered: a device cannot speak
+        for another (nor spend its replay-cache quota)."""
+        msg = m.decode(request, tuple(self._handlers))
+        if msg.device_id != sender:
+            raise WrongIdentityError(f"the connection is {sender[:64]!r}'s, the message is from {msg.device_id!r}")
+        return self.process(request, now).reply
+
     def process(self, request: bytes, now: float) -> Outcome:
         msg = m.decode(request, tuple(self._handlers))
         if msg.realm != self.realm:
             raise WrongRealmError(f"realm {msg.realm!r}, this is {self.realm!r}")
         if msg.server_id != self.server_id:
             raise WrongServerError(f"addressed to {msg.server_id!r}, this is {self.server_id!r}")
-        t = int(now)
-        check_skew(msg.timestamp, t, self.policy.clock_skew)
-        return self._handlers[type(msg)](msg, t)
+        return self._handlers[type(msg)](msg, int(now))  # each handler checks the clock after the proof
 
     def error_reply(self, exc: TesseraError, now: float) -> bytes:
-        """The ErrorMessage for a rejection (carried in Tessera-Reply beside Reply-Message)."""
-        return m.ErrorMessage(exc.code, getattr(exc, "server_time", None) or 0, str(exc)[:255]).encode()
+        """The reply for a rejection (carried in Tessera-Reply beside Reply-Message).
+
+        An error a device acts on (`exc.changes_state`: clock-skew, revoked, unknown-device,
+        superseded, not-registered) that refuses a request whose proof verified
+        (`exc.proven_request`, set by the handlers) is a `SignedError`: signed by the service key
+        over the request's realm, device id, server id and nonce, so it answers that request and
+        no other. Every other error is an unsigned `ErrorMessage`, which a device never changes
+        state on (docs/layouts.md#signederror, #errormessage)."""
+        req = exc.proven_request
+        if exc.changes_state and req is not None:
+            reply = m.SignedError(self.realm, req.device_id, req.server_id, req.nonce, exc.code,
+                                  exc.server_time or int(now), str(exc))
+            reply.signature = self.signing_key.sign(ERROR_CONTEXT + reply.body())
+            return reply.encode()
+        return m.ErrorMessage(exc.code, exc.server_time or 0, str(exc)).encode()
 
     # -- registration (claims 5-7, 11-15) --------------------------------------------------
     def _register(self, req: m.RegisterRequest, now: int) -> Outcome:
-        rec = self._device(req.device_id, allow_unregistered=True)
+        self.flush_audit(now)
+        rec = self._enrolled(req.device_id)  # the enrolled key checks the proof: revoked or not
         if not _verify_device(rec, REGISTER_CONTEXT + req.body(), req.signature):
-            self.registry.add_audit(AuditEvent(now, "register-rejected", req.device_id, "bad signature", self.server_id))
+            self._registration_refused(req.device_id, "bad signature", now)
             raise BadProofError("registration signature does not verify with the enrolled key")
-        self.replay.add(b"R" + _key(req.device_id, req.nonce), req.timestamp, now)
+        with self._proven(req):  # the device proved itself: what follows may be signed
+            check_skew(req.timestamp, now, self.policy.clock_skew)
+            self._not_revoked(rec)
+        # freshness that survives restarts and holds at every server: the registry row keeps the
+        # last accepted request's time and that second's nonces (registry.check_freshness). This
+        # read saves the work; the compare-and-set below decides (another server may accept a
+        # newer request in between)
+        try:
+            check_freshness(rec.register_request_time, rec.register_request_nonces, req.timestamp, req.nonce)
+        except StaleRequestError as exc:
+            self._registration_refused(req.device_id, "replay", now)
+            raise ReplayError(str(exc)) from None
+        self.replay.add(req.device_id, b"R" + _key(req.device_id, req.nonce), req.timestamp, now)
         generation = rec.generation + 1
         not_after = now + self.policy.registration_lifetime
         llk = self.random(32)
@@ -133,9 +182,26 @@ class Service:
         reply = m.RegisterReply(self.realm, req.device_id, req.nonce, drt, device_part)
         reply.signature = self.signing_key.sign(REGISTER_REPLY_CONTEXT + reply.body())
         event = AuditEvent(now, "registered", req.device_id, f"generation {generation}, until {not_after}", self.server_id)
-        if not self.registry.record_registration(req.device_id, rec.generation, generation, not_after, drt, now, event):
+        done = self.registry.record_registration(req.device_id, rec.generation, generation, not_after, drt, now, event,
+                                                 request_time=req.timestamp, request_nonce=req.nonce)
+        if done is Registered.REPLAYED:
+            self._registration_refused(req.device_id, "replay", now)
+            raise ReplayError("registration request not fresh: another server accepted it, or a newer one, meanwhile")
+        if done is not Registered.RECORDED:
             raise StateError("the device's registration changed meanwhile; retry")
         return Outcome("register", req.device_id, reply.encode(), f"generation {generation}")
+
+    def _registration_refused(self, device_id: str, reason: str, now: int) -> None:
+        """Audit a refused registration: at most one row per device and reason a minute, with a
+        count, so a flood of forged or replayed requests cannot grow the registry (tessera.audit)."""
+        for event in self.rejections.note(device_id, "register-rejected", reason, now):
+            self.registry.add_audit(event)
+
+    def flush_audit(self, now: float) -> None:
+        """Write the counts of refused registrations whose minute has passed (each registration
+        does this; an adapter may also call it, e.g. before shutting down, with a later `now`)."""
+        for event in self.rejections.due(int(now)):
+            self.registry.add_audit(event)
 
     # -- authentication → TGT (claims 1, 2, 16) ---------------------------------------------
     def _authenticate(self, req: m.AuthRequest, now: int) -> Outcome:
@@ -144,9 +210,11 @@ class Service:
             raise InvalidTicket("registration ticket belongs to another device")
         if not kdf.mac_ok(kdf.derive(drt.llk, kdf.AUTH_PROOF), req.body(), req.mac):
             raise BadProofError("proof of the LLK does not verify")
-        check_validity(drt.not_before, drt.not_after, now, self.policy.clock_skew, "registration ticket")
-        self._check_current(drt.device_id, drt.generation)
-        self.replay.add(b"A" + _key(req.device_id, req.nonce), req.timestamp, now)
+        with self._proven(req):
+            check_skew(req.timestamp, now, self.policy.clock_skew)
+            check_validity(drt.not_before, drt.not_after, now, self.policy.clock_skew, "registration ticket")
+            self._check_current(drt.device_id, drt.generation)
+        self.replay.add(req.device_id, b"A" + _key(req.device_id, req.nonce), req.timestamp, now)
         not_after = min(now + self.policy.tgt_lifetime, drt.not_after)
         tgt, device_part = self._issue_tgt(drt.device_id, drt.generation, now, not_after, drt.not_after,
                                            Sealer(kdf.derive(drt.llk, kdf.TGT_DEVICE_PART)), req.nonce)
@@ -159,9 +227,11 @@ class Service:
             raise InvalidTicket("TGT belongs to another device")
         if not kdf.mac_ok(kdf.derive(old.stk, kdf.RENEW_PROOF), req.body(), req.mac):
             raise BadProofError("proof of the STK does not verify")
-        check_validity(old.not_before, old.not_after, now, self.policy.clock_skew, "TGT")
-        self._check_current(old.device_id, old.generation)
-        self.replay.add(b"N" + _key(req.device_id, req.nonce), req.timestamp, now)
+        with self._proven(req):
+            check_skew(req.timestamp, now, self.policy.clock_skew)
+            check_validity(old.not_before, old.not_after, now, self.policy.clock_skew, "TGT")
+            self._check_current(old.device_id, old.generation)
+        self.replay.add(req.device_id, b"N" + _key(req.device_id, req.nonce), req.timestamp, now)
         not_after = min(now + self.policy.tgt_lifetime, old.registration_not_after)
         tgt, device_part = self._issue_tgt(old.device_id, old.generation, now, not_after, old.registration_not_after,
                                            Sealer(kdf.derive(old.stk, kdf.RENEW_DEVICE_PART)), req.nonce)
@@ -181,6 +251,8 @@ class Service:
         tgt_b = self._open_tgt(req.tgt, req.device_id, now)
         if not kdf.mac_ok(kdf.derive(tgt_b.stk, kdf.SESSION_REQUEST), req.body(), req.mac):
             raise BadProofError("responder's proof of its STK does not verify")
+        check_skew(req.timestamp, now, self.policy.clock_skew)
+        self._valid_tgt(tgt_b, now)
         hello = m.decode(req.hello, (m.PeerHello,))
         if hello.realm != self.realm:
             raise WrongRealmError(f"initiator's realm {hello.realm!r}")
@@ -192,10 +264,13 @@ class Service:
         if not kdf.mac_ok(kdf.derive(tgt_a.stk, kdf.PEER_AUTHENTICATOR), hello.body(), hello.mac):
             raise BadProofError("initiator's authenticator does not verify")
         check_skew(hello.timestamp, now, self.policy.clock_skew)
+        self._valid_tgt(tgt_a, now)
         self._check_current(tgt_b.device_id, tgt_b.generation)
         self._check_current(tgt_a.device_id, tgt_a.generation)
-        self.replay.add(b"S" + _key(req.device_id, req.nonce), req.timestamp, now)
-        self.replay.add(b"H" + _key(hello.initiator, hello.nonce), hello.timestamp, now)
+        # both proofs are charged to the initiator, whose fresh hello every session request needs:
+        # a neighbour flooding B with hellos spends its own quota, never B's; all or none is kept
+        self.replay.add_all(hello.initiator, ((b"S" + _key(req.device_id, req.nonce), req.timestamp),
+                                              (b"H" + _key(hello.initiator, hello.nonce), hello.timestamp)), now)
         not_after = min(tgt_a.not_after, tgt_b.not_after, now + self.policy.session_lifetime)
         key = self.random(32)
         body = session_part_body(key, not_after, hello.initiator, req.device_id, hello.nonce, req.nonce)
@@ -208,22 +283,42 @@ class Service:
         return Outcome("session", req.device_id, reply.encode(), f"with {hello.initiator} until {not_after}")
 
     def _open_tgt(self, blob: bytes, device_id: str, now: int) -> GrantingTicket:
+        """Open a TGT for its STK; its validity is checked after the proof made with that STK."""
         tgt = open_ticket(self.keyring, blob, GrantingTicket, now)
         if tgt.device_id != device_id:
             raise InvalidTicket("TGT belongs to another device")
-        check_validity(tgt.not_before, tgt.not_after, now, self.policy.clock_skew, f"TGT of {device_id}")
         return tgt
+
+    def _valid_tgt(self, tgt: GrantingTicket, now: int) -> None:
+        check_validity(tgt.not_before, tgt.not_after, now, self.policy.clock_skew, f"TGT of {tgt.device_id}")
 
     # -- registry checks -------------------------------------------------------------------
     def _device(self, device_id: str, allow_unregistered: bool = False) -> DeviceRecord:
-        rec = self.registry.get_device(device_id)
-        if rec is None:
-            raise UnknownDeviceError(f"device {device_id} is not enrolled in {self.realm}")
-        if rec.state is DeviceState.REVOKED:
-            raise RevokedError(f"device {device_id} is revoked")
+        rec = self._not_revoked(self._enrolled(device_id))
         if not allow_unregistered and rec.state is not DeviceState.REGISTERED:
             raise NotRegisteredError(f"device {device_id} is not registered")
         return rec
+
+    def _enrolled(self, device_id: str) -> DeviceRecord:
+        rec = self.registry.get_device(device_id)
+        if rec is None:
+            raise UnknownDeviceError(f"device {device_id} is not enrolled in {self.realm}")
+        return rec
+
+    def _not_revoked(self, rec: DeviceRecord) -> DeviceRecord:
+        if rec.state is DeviceState.REVOKED:
+            raise RevokedError(f"device {rec.device_id} is revoked")
+        return rec
+
+    @contextlib.contextmanager
+    def _proven(self, req: m.Message):
+        """Around the checks that follow a verified proof: an error raised inside refuses a real
+        device's request, so it carries that request and `error_reply` may sign it."""
+        try:
+            yield
+        except TesseraError as exc:
+            exc.proven_request = req
+            raise
 
     def _check_current(self, device_id: str, generation: int) -> DeviceRecord:
         """Revocation and re-registration take effect at once: the ticket's generation must be current."""
@@ -235,7 +330,13 @@ class Service:
     # -- 802.1X admission hooks --------------------------------------------------------------
     def admit_certificate(self, serial_hex: str, issuer: str, common_name: str, now: float) -> str:
         """EAP-TLS: the device certificate (already chain-checked by the EAP module) must be the
-        one enrolled for that device, and the device not revoked. Returns the device id."""
+        one enrolled for that device, and the device not revoked. Returns the device id.
+
+        The identity compared is the certificate's CN: the one field enrolment reads too
+        (`identity.certificate_device_id`, which refuses a certificate whose serialNumber names
+        another device), so every certificate that enrols names a device that can be admitted.
+        End-entity, clientAuth and validity were checked at enrolment for this very certificate
+        (issuer + serial); the EAP module checks the chain and the dates again now."""
         rec = self.registry.find_by_certificate(issuer, serial_hex.lower().removeprefix("0x"))
         if rec is None:
             known = self.registry.get_device(common_name) if _valid_id(common_name) else None
@@ -250,12 +351,29 @@ class Service:
 
     def record_location(self, device_id: str, nas_identifier: str, nas_address: str, nas_port_id: str,
                         calling_station: str, now: float) -> None:
-        """After an 802.1X admission: remember the NAS, port and MAC, so that revoking the device
-        can send that NAS a Disconnect-Request (RFC 5176)."""
+        """After an 802.1X admission a switch relayed: remember the NAS, port and MAC, so that
+        revoking the device can send that NAS a Disconnect-Request (RFC 5176). ``device_id`` is
+        the identity EAP authenticated (the certificate's device, or EAP-PWD's peer id bound to
+        the outer identity), never an unauthenticated User-Name: the adapter passes nothing else.
+
+        A device revoked since its admission began (EAP-PWD takes its password at the first
+        round and may finish up to a minute later) raises ``RevokedError`` and the adapter turns
+        the accept into a reject, so its port stays closed. The state is checked before the
+        write (nothing is recorded for a revoked device) and again after it: revocation writes
+        the state and then reads the location, so of two that cross, one sees the other -- the
+        revocation finds the new port, or this finds the device revoked."""
         check_device_id(device_id)
+        rec = self.registry.get_device(device_id)
+        if rec is None:
+            raise UnknownDeviceError(f"device {device_id} is not enrolled in {self.realm}")
+        if rec.state is DeviceState.REVOKED:
+            raise RevokedError(f"device {device_id} was revoked during its admission")
         if not self.registry.record_location(device_id, nas_identifier[:64], nas_address[:64], nas_port_id[:64],
                                              calling_station[:64], int(now)):
             raise UnknownDeviceError(f"device {device_id} is not enrolled in {self.realm}")
+        rec = self.registry.get_device(device_id)
+        if rec is None or rec.state is DeviceState.REVOKED:
+            raise RevokedError(f"device {device_id} was revoked during its admission")
 
     def eap_pwd_password(self, device_id: str, now: float) -> str:
         """EAP-PWD password for a registered device, derived from its LLK (which the registry

@@ -4,6 +4,14 @@ WAL mode with synchronous=NORMAL: readers (the plugin's request path) never wait
 (the CLI), and a commit costs no fsync until checkpoint. Every write is one transaction that
 also appends its audit event, so a device is never enrolled, registered or revoked without its
 audit line, and never half-written. The file is created 0600.
+
+Schema versions live in `PRAGMA user_version`. `SCHEMA` is version 0 exactly as the first
+releases created it; `MIGRATIONS[n]` takes version n to n + 1 with ALTER TABLE ADD COLUMN /
+CREATE TABLE only (no table rebuilds), so an existing registry is upgraded in place when it is
+opened, and a new one is created as version 0 and migrated the same way: one path for both.
+The upgrade runs in one BEGIN IMMEDIATE transaction that re-reads the version under the lock,
+so two servers opening the same old file at once migrate it once. A registry newer than this
+code is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -11,7 +19,8 @@ from __future__ import annotations
 import os
 import sqlite3
 
-from .registry import AuditEvent, DeviceRecord, DeviceState, RegistryError
+from .registry import (AuditEvent, DeviceRecord, DeviceState, Registered, RegistryError, ServerRecord,
+                       StaleRequestError, check_freshness)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS device (
@@ -59,14 +68,42 @@ CREATE TABLE IF NOT EXISTS nas (
 );
 """
 
+# version 0 → 1: registration freshness in the device row (the last accepted request's time and
+# the nonces accepted at that second), a count on aggregated audit rows, and the realm's servers
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    ("ALTER TABLE device ADD COLUMN register_request_time INTEGER",
+     "ALTER TABLE device ADD COLUMN register_request_nonces BLOB",
+     # rows registered before: the request times were not kept, but every accepted one was
+     # within the clock skew of its server's time, so none is later than the last acceptance
+     # plus the skew; that second is the bar, its nonces unknown (NULL: the whole second is
+     # taken), and no request accepted before passes again
+     """UPDATE device SET register_request_time = registered_at + COALESCE(
+            (SELECT CAST(CAST(value AS TEXT) AS INTEGER) FROM meta WHERE key = 'policy.clock_skew'), 300)
+        WHERE registered_at IS NOT NULL""",
+     "ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1",
+     """CREATE TABLE IF NOT EXISTS server (
+            server_id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            first_seen INTEGER NOT NULL
+        )"""),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
 _COLUMNS = ("device_id, public_key, state, enrolled_by, created, updated, cert_issuer, cert_serial, "
             "generation, registered_at, registration_not_after, sealed_drt, "
-            "nas_identifier, nas_address, nas_port_id, calling_station, located_at")
+            "nas_identifier, nas_address, nas_port_id, calling_station, located_at, "
+            "register_request_time, register_request_nonces")
 
 
 def _record(row) -> DeviceRecord:
     return DeviceRecord(row[0], bytes(row[1]), DeviceState(row[2]), row[3], row[4], row[5], row[6], row[7],
-                        row[8], row[9], row[10], bytes(row[11]) if row[11] is not None else None, *row[12:17])
+                        row[8], row[9], row[10], bytes(row[11]) if row[11] is not None else None, *row[12:17],
+                        row[17], bytes(row[18]) if row[18] is not None else None)
+
+
+def _insert_audit(cur: sqlite3.Cursor, event: AuditEvent) -> None:
+    cur.execute("INSERT INTO audit (time, event, device_id, detail, server_id, count) VALUES (?,?,?,?,?,?)",
+                (event.time, event.event, event.device_id, event.detail, event.server_id, event.count))
 
 
 class SQLiteRegistry:
@@ -80,10 +117,46 @@ class SQLiteRegistry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring the file to SCHEMA_VERSION (see the module docstring); refuse a newer one."""
+        if self._version() == SCHEMA_VERSION:
+            return
+        cur = self._db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            version = self._version()  # again, under the write lock: another process may have done it
+            if version > SCHEMA_VERSION:
+                raise RegistryError(f"{self.path}: registry schema version {version} is newer than this "
+                                    f"Tessera's ({SCHEMA_VERSION}); upgrade Tessera")
+            if version == 0:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+            for n in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[n]:
+                    cur.execute(statement)
+            cur.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            cur.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
+
+    def _version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
+
+    def __del__(self) -> None:
+        # close when the registry goes, not when the garbage collector reaches the connection
+        # (sqlite3's statement cache holds it in a cycle): its -wal/-shm go at a known time
+        try:
+            self._db.close()
+        except Exception:  # noqa: BLE001 -- half-constructed, or at interpreter exit
+            pass
 
     def data_version(self) -> int:
         """Changes when another connection commits (for caches in front of the registry)."""
@@ -103,7 +176,7 @@ class SQLiteRegistry:
         return [_record(r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM device ORDER BY device_id")]
 
     def audit(self, device_id: str | None = None, limit: int = 100) -> list[AuditEvent]:
-        q = "SELECT time, event, device_id, detail, server_id FROM audit"
+        q = "SELECT time, event, device_id, detail, server_id, count FROM audit"
         args: tuple = ()
         if device_id is not None:
             q += " WHERE device_id = ?"
@@ -131,8 +204,7 @@ class SQLiteRegistry:
                 cur.execute("ROLLBACK")
                 return counts
             if event is not None:
-                cur.execute("INSERT INTO audit (time, event, device_id, detail, server_id) VALUES (?,?,?,?,?)",
-                            (event.time, event.event, event.device_id, event.detail, event.server_id))
+                _insert_audit(cur, event)
             cur.execute("COMMIT")
             return counts
         except BaseException:
@@ -143,21 +215,49 @@ class SQLiteRegistry:
     def add_device(self, record: DeviceRecord, event: AuditEvent) -> None:
         r = record
         try:
-            self._tx([(f"INSERT INTO device ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            self._tx([(f"INSERT INTO device ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (r.device_id, r.public_key, r.state.value, r.enrolled_by, r.created, r.updated,
                         r.cert_issuer, r.cert_serial.lower() if r.cert_serial else None, r.generation,
                         r.registered_at, r.registration_not_after, r.sealed_drt, r.nas_identifier,
-                        r.nas_address, r.nas_port_id, r.calling_station, r.located_at))], event)
+                        r.nas_address, r.nas_port_id, r.calling_station, r.located_at,
+                        r.register_request_time, r.register_request_nonces))], event)
         except sqlite3.IntegrityError as exc:
             raise RegistryError(f"device {r.device_id} (or its certificate) is already enrolled") from exc
 
-    def record_registration(self, device_id, expect_generation, generation, not_after, sealed_drt, now, event) -> bool:
-        (n,) = self._tx([("UPDATE device SET state = 'registered', generation = ?, registered_at = ?, "
-                          "registration_not_after = ?, sealed_drt = ?, updated = ? "
-                          "WHERE device_id = ? AND generation = ? AND state != 'revoked'",
-                          (generation, now, not_after, sealed_drt, now, device_id, expect_generation))],
-                        event, require_one=True)
-        return n == 1
+    def record_registration(self, device_id, expect_generation, generation, not_after, sealed_drt, now, event, *,
+                            request_time: int, request_nonce: bytes) -> Registered:
+        # read, decide and write under one write lock (BEGIN IMMEDIATE): the compare-and-set.
+        # (On PostgreSQL: SELECT ... FOR UPDATE, then the same.)
+        cur = self._db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            row = cur.execute("SELECT generation, state, register_request_time, register_request_nonces "
+                              "FROM device WHERE device_id = ?", (device_id,)).fetchone()
+            verdict = Registered.CHANGED
+            if row is not None:
+                try:
+                    nonces = check_freshness(row[2], bytes(row[3]) if row[3] is not None else None,
+                                             request_time, request_nonce)
+                    if row[0] == expect_generation and row[1] != DeviceState.REVOKED.value:
+                        verdict = Registered.RECORDED
+                except StaleRequestError:
+                    verdict = Registered.REPLAYED
+            if verdict is not Registered.RECORDED:
+                cur.execute("ROLLBACK")  # nothing was written
+                return verdict
+            cur.execute("UPDATE device SET state = 'registered', generation = ?, registered_at = ?, "
+                        "registration_not_after = ?, sealed_drt = ?, updated = ?, "
+                        "register_request_time = ?, register_request_nonces = ? "
+                        "WHERE device_id = ? AND generation = ?",
+                        (generation, now, not_after, sealed_drt, now, request_time, nonces,
+                         device_id, expect_generation))
+            _insert_audit(cur, event)
+            cur.execute("COMMIT")
+            return Registered.RECORDED
+        except BaseException:
+            if self._db.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
 
     def set_state(self, device_id: str, state: DeviceState, now: int, event: AuditEvent) -> None:
         extra = ", sealed_drt = NULL" if state is DeviceState.REVOKED else ""
@@ -191,6 +291,27 @@ class SQLiteRegistry:
     def set_meta(self, key: str, value: bytes) -> None:
         self._tx([("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                    (key, value))], None)
+
+    def list_servers(self) -> list[ServerRecord]:
+        return [ServerRecord(*r) for r in
+                self._db.execute("SELECT server_id, host, first_seen FROM server ORDER BY server_id")]
+
+    def claim_server(self, server_id: str, host: str, now: int, event: AuditEvent) -> ServerRecord:
+        cur = self._db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            row = cur.execute("SELECT server_id, host, first_seen FROM server WHERE server_id = ?",
+                              (server_id,)).fetchone()
+            if row is None:
+                cur.execute("INSERT INTO server (server_id, host, first_seen) VALUES (?,?,?)", (server_id, host, now))
+                _insert_audit(cur, event)
+                row = (server_id, host, now)
+            cur.execute("COMMIT")
+            return ServerRecord(*row)
+        except BaseException:
+            if self._db.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
 
     def store_service_keys(self, rows, event: AuditEvent) -> None:
         self._tx([("DELETE FROM service_key", ())] +

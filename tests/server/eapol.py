@@ -11,6 +11,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from tessera import eappwd
+
 
 def tls_network(identity: str, cert: Path, key: Path, ca: Path) -> str:
     return (f'network={{\n\tkey_mgmt=IEEE8021X\n\teap=TLS\n\tidentity="{identity}"\n'
@@ -18,17 +20,22 @@ def tls_network(identity: str, cert: Path, key: Path, ca: Path) -> str:
             f'\teapol_flags=0\n}}\n')
 
 
-def pwd_network(identity: str, password: str) -> str:
-    return (f'network={{\n\tkey_mgmt=IEEE8021X\n\teap=PWD\n\tidentity="{identity}"\n'
-            f'\tpassword="{password}"\n\teapol_flags=0\n}}\n')
+def pwd_network(identity: str, password: str, outer_identity: str | None = None) -> str:
+    """EAP-PWD with peer id ``identity``; ``outer_identity`` (wpa_supplicant's
+    anonymous_identity) is what the EAP-Identity response, and so User-Name, says instead.
+    The password goes in as the agent configures it: its wire form (``tessera.eappwd``)."""
+    outer = f'\tanonymous_identity="{outer_identity}"\n' if outer_identity is not None else ""
+    return (f'network={{\n\tkey_mgmt=IEEE8021X\n\teap=PWD\n\tidentity="{identity}"\n{outer}'
+            f'\tpassword={eappwd.supplicant_value(password)}\n\teapol_flags=0\n}}\n')
 
 
 def eapol_test(conf_dir: Path, name: str, network: str, address: str, port: int, secret: str,
-               timeout: int = 10) -> tuple[int, str]:
-    """Run eapol_test once; returns (exit code, output)."""
+               timeout: int = 10, extra: tuple[str, ...] = ()) -> tuple[int, str]:
+    """Run eapol_test once; returns (exit code, output). ``extra``: more eapol_test options, e.g.
+    ``-N32:s:switch-9`` (an attribute of the sender's choosing) or ``-M02:00:5e:10:00:09``."""
     conf = Path(conf_dir) / f"{name}.conf"
     conf.write_text(network)
     r = subprocess.run(["eapol_test", "-c", str(conf), "-a", address, "-p", str(port), "-s", secret,
-                        "-t", str(timeout), "-r", "0"],
+                        "-t", str(timeout), "-r", "0", *extra],
                        capture_output=True, text=True, timeout=timeout + 20)
     return r.returncode, r.stdout + r.stderr

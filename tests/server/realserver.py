@@ -14,16 +14,19 @@ from pathlib import Path
 from tessera.lab import radiusd
 from tessera.radius.client import RadiusClient, Server
 
-SECRET = "tessera-test-secret"
+SECRET = "tessera-test-secret"  # the device clients' (tessera site)
+NAS_SECRET = "tessera-test-nas-secret"  # the NAS clients' (tessera-nas site: EAP, eapol_test)
 DEBUG = os.environ.get("TESSERA_RADIUSD_DEBUG") == "1"
 
 
 class RunningServer:
-    """What a test needs to talk to a started server."""
+    """What a test needs to talk to a started server: ``port``/``secret`` for devices (Tessera
+    operations), ``nas_port``/``nas_secret`` for switches (EAP, e.g. eapol_test)."""
 
     def __init__(self, server: radiusd.RadiusServer, cfg: radiusd.RadiusConfig):
         self.proc, self.cfg = server, cfg
         self.address, self.port, self.secret = cfg.address, cfg.port, cfg.secret
+        self.nas_port, self.nas_secret = cfg.nas_port, cfg.nas_secret
 
     def client(self, secret: str | None = None, **kw) -> RadiusClient:
         kw.setdefault("timeout", 1.0)
@@ -39,6 +42,7 @@ def make_server(directory: Path, **cfg_kw):
     """Context manager: build, check and start a server; stop it by PID and assert it is gone."""
     @contextlib.contextmanager
     def run():
+        cfg_kw.setdefault("nas_secret", NAS_SECRET)
         cfg = radiusd.RadiusConfig(secret=SECRET, **cfg_kw)
         raddb = radiusd.build_config(directory / "raddb", cfg)
         radiusd.check_config(raddb)

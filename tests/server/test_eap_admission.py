@@ -17,7 +17,7 @@ pytestmark = needs_freeradius
 def run_tls(server, tmp_path, creds):
     ca = getattr(creds, "ca_path", None) or creds.cert_path.parent / "ca.pem"
     return eapol_test(tmp_path, creds.device_id, tls_network(creds.device_id, creds.cert_path, creds.key_path, ca),
-                      server.address, server.port, server.secret)
+                      server.address, server.nas_port, server.nas_secret)
 
 
 def logged(server, run):
@@ -60,13 +60,13 @@ def test_eap_tls_certificate_from_untrusted_ca_fails(stub_server, devices, tmp_p
 
 def test_eap_pwd_registered_device_is_admitted(stub_server, tmp_path):
     rc, out = eapol_test(tmp_path, "pwd-good", pwd_network("dev-good", "pwd-of-dev-good"),
-                         stub_server.address, stub_server.port, stub_server.secret)
+                         stub_server.address, stub_server.nas_port, stub_server.nas_secret)
     assert rc == 0, out[-3000:]
 
 
 def run_pwd(server, tmp_path, identity, password):
     return logged(server, lambda: eapol_test(tmp_path, f"pwd-{identity}", pwd_network(identity, password),
-                                             server.address, server.port, server.secret))
+                                             server.address, server.nas_port, server.nas_secret))
 
 
 @pytest.mark.parametrize("identity,password,reason", [

@@ -99,7 +99,7 @@ def test_eap_tls_forged_ca_with_same_issuer_and_serial_is_refused(realm_lab, pki
     def run(server, creds, cert_path, name):
         mark = len(server.proc.log_text())
         rc, out = eapol_test(tmp_path, name, tls_network("edge-1", cert_path, creds.key_path, good.cert_path.parent / "ca.pem"),
-                             server.address, server.port, server.secret)
+                             server.address, server.nas_port, server.nas_secret)
         return rc, out, server.proc.log_text()[mark:]
 
     with make_server(d / "strict", db=db, kek=kek, tls_dir=tls, server_id="radius-1") as server:

@@ -7,6 +7,7 @@ lab server certificate; the test points logdir/run_dir into the scratch root, st
 """
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,7 +27,8 @@ pytestmark = needs_freeradius
 REPO = Path(__file__).resolve().parents[2]
 AS_FREERAD = ("setpriv", "--reuid=freerad", "--regid=freerad", "--init-groups")
 ADDRESS = "127.0.0.1"
-SECRET = "install-test-secret"
+SECRET = "install-test-secret"  # the devices'
+NAS_SECRET = "install-test-nas-secret"  # the switches'
 
 
 def drop_block(text: str, opening: str) -> str:
@@ -61,10 +63,12 @@ def scratch_root():
 def installed(scratch_root):
     """tools/install-radius run once into the scratch root; yields (root, port)."""
     port = radiusd.free_udp_port(ADDRESS)
+    nas_port = next(p for p in iter(lambda: radiusd.free_udp_port(ADDRESS), None) if p != port)
     r = subprocess.run([str(REPO / "tools" / "install-radius"), "--root", str(scratch_root),
                         "--init-realm", "lab.example", "--server-id", "radius-1",
-                        "--listen-address", ADDRESS, "--port", str(port),
-                        "--client", ADDRESS, "--secret", SECRET],
+                        "--listen-address", ADDRESS, "--device-port", str(port), "--nas-port", str(nas_port),
+                        "--device-client", ADDRESS, "--device-secret", SECRET,
+                        "--nas-client", ADDRESS, "--nas-secret", NAS_SECRET],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return scratch_root, port
@@ -142,6 +146,14 @@ def test_install_radius_into_scratch_layout_serves_as_freerad(installed):
         client = RadiusClient([Server("radius-1", ADDRESS, port, SECRET.encode())], timeout=2.0)
         reply = client.exchange("switch-9", lambda sid: dev.register_request(sid, time.time(), os.urandom(16)))
         assert dev.register_reply(reply, time.time()).not_after > time.time()
+
+        # the switches' listener: the NAS secret is answered there, the device secret is not
+        site = (raddb / "sites-available" / "tessera-nas").read_text()
+        nas_port = int(re.search(r"^\s*port = (\d+)$", site, re.M).group(1))
+        assert nas_port != port
+        right, wrong = (Server("radius-1", ADDRESS, nas_port, s.encode()) for s in (NAS_SECRET, SECRET))
+        assert not RadiusClient([wrong], timeout=1.0, retries=0).status(wrong)
+        assert RadiusClient([right], timeout=1.0, retries=0).status(right)
     finally:
         server.stop()
     assert not server.running() and not Path(f"/proc/{server.pid}").exists()

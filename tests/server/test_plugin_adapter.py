@@ -105,7 +105,7 @@ def test_plugin_admit_certificate(plugin):
 
 def test_plugin_eap_pwd_password(plugin):
     rc, update = plugin.authorize((("Tessera-Step", "eap-pwd-password"), ("User-Name", "dev1")))
-    assert (rc, update) == (RLM.RLM_MODULE_OK, {"config": (("Cleartext-Password", "pw"),)})
+    assert (rc, update) == (RLM.RLM_MODULE_OK, {"config": (("Cleartext-Password", b"\x87\x80\x87\x87"),)})
     rc, update = plugin.authorize((("Tessera-Step", "eap-pwd-password"), ("User-Name", "dev2")))
     assert rc == RLM.RLM_MODULE_REJECT and "config" not in update
 

@@ -159,7 +159,7 @@ def test_core_garbage_is_malformed(core):
 def eap_tls(core, creds, tmp_path):
     return eapol_test(tmp_path, creds.device_id,
                       tls_network(creds.device_id, creds.cert_path, creds.key_path, creds.cert_path.parent / "ca.pem"),
-                      core.server.address, core.server.port, core.server.secret)
+                      core.server.address, core.server.nas_port, core.server.nas_secret)
 
 
 def test_core_eap_tls_enrolled_then_revoked(core, tmp_path):
@@ -190,17 +190,17 @@ def test_core_eap_pwd_after_registration(core, tmp_path):
     dev, _ = core.device("switch-6", core.server)
     log = core.server.proc.log_text
     rc, out = eapol_test(tmp_path, "pwd0", pwd_network("switch-6", "x"), core.server.address,
-                         core.server.port, core.server.secret)
+                         core.server.nas_port, core.server.nas_secret)
     assert rc != 0 and "CTRL-EVENT-EAP-FAILURE" in out  # not registered yet: no password
     assert "EAP-PWD admission rejected for 'switch-6': not-registered" in log()
     register_and_authenticate(core, dev)
     mark = len(log())
     rc, out = eapol_test(tmp_path, "pwd1", pwd_network("switch-6", "0" * 64), core.server.address,
-                         core.server.port, core.server.secret)
+                         core.server.nas_port, core.server.nas_secret)
     assert rc != 0 and "EAP-PWD (peer): confirm did not verify" in out  # registered, wrong password
     assert "EAP-PWD admission rejected" not in log()[mark:]  # the registry gave the password
     rc, out = eapol_test(tmp_path, "pwd2", pwd_network("switch-6", dev.eap_pwd_password()),
-                         core.server.address, core.server.port, core.server.secret)
+                         core.server.address, core.server.nas_port, core.server.nas_secret)
     assert rc == 0, out[-2000:]
 
 

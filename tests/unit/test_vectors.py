@@ -376,6 +376,9 @@ MESSAGES = [
     (m.SessionReply, dict(realm=REALM, initiator=A, responder=B, initiator_nonce=N16, request_nonce=NR, not_after=T + 600,
                           part_responder=b"\xa1" * 126, part_initiator=b"\xa2" * 126),
      header(7) + id_(REALM) + id_(A) + id_(B) + N16 + NR + u64(T + 600) + blob(b"\xa1" * 126) + blob(b"\xa2" * 126), 0),
+    (m.SignedError, dict(realm=REALM, device_id=A, server_id=SERVER, request_nonce=N16, code=8, server_time=T,
+                         detail=f"device {A} is revoked", signature=SIG),
+     header(8) + id_(REALM) + id_(A) + id_(SERVER) + N16 + u16(8) + u64(T) + str_(f"device {A} is revoked") + SIG, 64),
     (m.ErrorMessage, dict(code=8, server_time=T, detail=f"device {A} is revoked"),
      header(15) + u16(8) + u64(T) + str_(f"device {A} is revoked"), 0),
     (m.PeerHello, dict(realm=REALM, initiator=A, responder=B, timestamp=T, nonce=N16, tgt=TGT_BLOB, mac=MAC),
@@ -394,8 +397,8 @@ MSG_IDS = [c.__name__ for c, *_ in MESSAGES]
 
 
 def test_every_message_type_has_a_vector():
-    """docs/layouts.md#messages lists 13 types; each has a case here."""
-    assert sorted(c.TYPE for c, *_ in MESSAGES) == sorted(m.MESSAGES) == [1, 2, 3, 4, 5, 6, 7, 15, 32, 33, 34, 35, 36]
+    """docs/layouts.md#messages lists 14 types; each has a case here."""
+    assert sorted(c.TYPE for c, *_ in MESSAGES) == sorted(m.MESSAGES) == [1, 2, 3, 4, 5, 6, 7, 8, 15, 32, 33, 34, 35, 36]
 
 
 @pytest.mark.parametrize("cls, fields, built, proof_len", MESSAGES, ids=MSG_IDS)
@@ -775,6 +778,86 @@ def test_session_request_with_a_changed_authenticator_is_refused(flow):
         body = request(hello, N12 + b"\x00" * 4)[:-32]
         flow.answer(body + hmac256(hkdf(stk_b, b"peer authenticator"), body), T)
     assert m.decode(flow.answer(request(hello, NR), T, STK, N12, N12)).part_initiator
+
+
+# == docs/layouts.md#signederror ==================================================================
+ERROR_CONTEXT = b"tessera v1 error\x00"
+
+
+def signed_error_body(device: str, nonce: bytes, code: int, server_time: int, detail: str, server: str = SERVER) -> bytes:
+    """docs/layouts.md#signederror: realm ‖ device_id ‖ server_id ‖ request_nonce ‖ code ‖ server_time ‖ detail."""
+    return header(8) + id_(REALM) + id_(device) + id_(server) + nonce + u16(code) + u64(server_time) + str_(detail)
+
+
+def test_signed_error_the_service_writes_as_documented(flow):
+    """docs/layouts.md#signederror: a revoked device's proven AuthRequest and a proven request
+    from a clock an hour fast get SignedErrors with the documented body, whose signature verifies
+    with the service key over the documented context (ECDSA is randomised: verified, not compared);
+    the same errors for an unproven request are the unsigned ErrorMessage of #errormessage."""
+    register(flow, A)
+    *_, nonce = SECRETS[A]
+    dev = flow.devices[A]
+    # a clock an hour fast: clock-skew, server_time = the server's clock
+    fast = dev.auth_request(SERVER, T + 3600, nonce)
+    with pytest.raises(E.ClockSkewError) as exc:
+        flow.answer(fast, T)
+    reply = flow.service.error_reply(exc.value, T)
+    body = signed_error_body(A, nonce, 13, T, str(exc.value))
+    assert reply[:-64] == body and len(reply) == len(body) + 64
+    assert ecdsa_ok(flow.service_key.public_key(), ERROR_CONTEXT + body, reply[-64:])
+    assert not ecdsa_ok(flow.service_key.public_key(), body, reply[-64:])  # the context is under the signature
+    dev.abandon()
+    # revoked, answering a request whose LLK proof verified
+    flow.realm.revoke(A, T, "test")
+    request = dev.auth_request(SERVER, T, nonce)
+    with pytest.raises(E.RevokedError) as exc:
+        flow.answer(request, T)
+    reply = flow.service.error_reply(exc.value, T)
+    body = signed_error_body(A, nonce, 8, T, str(exc.value))
+    assert reply[:-64] == body
+    assert ecdsa_ok(flow.service_key.public_key(), ERROR_CONTEXT + body, reply[-64:])
+    # the same request with its MAC changed: bad-proof, unsigned (docs/layouts.md#errormessage)
+    forged = request[:-1] + bytes([request[-1] ^ 1])
+    with pytest.raises(E.BadProofError) as exc:
+        flow.answer(forged, T)
+    assert flow.service.error_reply(exc.value, T) == header(15) + u16(14) + u64(0) + str_(str(exc.value))
+
+
+def test_signed_error_built_here_is_taken_and_any_other_is_transient(flow):
+    """docs/layouts.md#signederror: the device acts on a SignedError built and signed here with
+    cryptography (positive control: RevokedError, signed, with the server's time); the same body
+    signed without the context, by another key, for another nonce or server, or the same code in
+    an unsigned ErrorMessage (#errormessage), is a BadProofError and changes nothing."""
+    register(flow, A)
+    *_, nonce = SECRETS[A]
+    dev = flow.devices[A]
+    detail = f"device {A} is revoked"
+    cases = {
+        "no context": ecdsa_sign(flow.service_key, signed_error_body(A, nonce, 8, T, detail)),
+        "device key": ecdsa_sign(flow.keys[A], ERROR_CONTEXT + signed_error_body(A, nonce, 8, T, detail)),
+        "register reply context": ecdsa_sign(flow.service_key, b"tessera v1 register reply\x00"
+                                             + signed_error_body(A, nonce, 8, T, detail)),
+    }
+    for name, sig in cases.items():
+        dev.auth_request(SERVER, T, nonce)
+        with pytest.raises(E.BadProofError):
+            dev.ticket_reply(signed_error_body(A, nonce, 8, T, detail) + sig, T)
+        assert dev.registration is not None and dev.state.value == "registered", name
+    for body in (signed_error_body(A, bytes(16), 8, T, detail), signed_error_body(A, nonce, 8, T, detail, "radius-b"),
+                 signed_error_body(B, nonce, 8, T, detail)):
+        dev.auth_request(SERVER, T, nonce)
+        with pytest.raises(E.BadProofError):
+            dev.ticket_reply(body + ecdsa_sign(flow.service_key, ERROR_CONTEXT + body), T)
+    dev.auth_request(SERVER, T, nonce)
+    with pytest.raises(E.BadProofError):
+        dev.ticket_reply(header(15) + u16(8) + u64(T) + str_(detail), T)
+    assert dev.registration is not None
+    # positive control: the documented body, signed by the service key under the context
+    dev.auth_request(SERVER, T, nonce)
+    body = signed_error_body(A, nonce, 8, T + 5, detail)
+    with pytest.raises(E.RevokedError) as exc:
+        dev.ticket_reply(body + ecdsa_sign(flow.service_key, ERROR_CONTEXT + body), T)
+    assert exc.value.signed and exc.value.server_time == T + 5 and str(exc.value) == detail
 
 
 # == the citations themselves ======================================================================
