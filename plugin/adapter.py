@@ -40,6 +40,7 @@ import traceback
 from typing import Any, Callable, Iterable
 
 from tessera import eappwd
+from tessera.errors import InternalError
 from tessera.radius.attrs import BadHexError, join_from_hex, split_to_hex
 from tessera.vetting import CertificateVetting
 
@@ -99,19 +100,6 @@ def _load_opener(spec: str) -> Callable[[str, str], Any]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
-def _internal_error_code() -> int | None:
-    """The core's code for an internal error, if its taxonomy has one."""
-    try:
-        errors = importlib.import_module("tessera.errors")
-    except ImportError:
-        return None
-    for name in ("InternalError", "ServiceInternalError"):
-        code = getattr(getattr(errors, name, None), "code", None)
-        if isinstance(code, int):
-            return code
-    return None
-
-
 class Plugin:
     """One per radiusd process: the realm's service for this server, and the three steps."""
 
@@ -121,7 +109,7 @@ class Plugin:
         self.rlm = rlm
         self.realm = realm
         self.clock = clock
-        self.internal_code = _internal_error_code()
+        self.internal_code = InternalError.code
         self._checked = float("-inf")
         self._steps = {
             None: self._operation,
@@ -146,10 +134,9 @@ class Plugin:
         self.rlm.radlog(level, "tessera: " + message)
 
     def close(self) -> None:
-        """Release the realm (SQLite connection) if it can be closed."""
-        close = getattr(self.realm, "close", None)
-        if callable(close):
-            close()
+        """Release the realm (its registry connection)."""
+        if self.realm is not None:
+            self.realm.close()
 
     # -- the callback -------------------------------------------------------------------
 
@@ -235,8 +222,7 @@ class Plugin:
         if now - self._checked < RELOAD_EVERY:
             return
         self._checked = now
-        reload = getattr(self.realm, "reload_if_changed", None)
-        if callable(reload) and reload():
+        if self.realm is not None and self.realm.reload_if_changed():
             self.log(self.rlm.L_INFO, "service keys reloaded")
 
     def _operation(self, pairs):

@@ -18,7 +18,7 @@ import sys
 import time
 
 from .errors import InvalidTicket, MalformedError, TesseraError
-from .identity import ServerEntry, check_device_id, load_certificate, pem_certificate
+from .identity import RADSEC, UDP, ServerEntry, check_device_id, load_certificate, pem_certificate
 from .realm import Realm, create_kek, open_realm, read_kek
 from .registry import RegistryError
 from .seal import point_bytes
@@ -72,17 +72,26 @@ def _where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _server(spec: str) -> ServerEntry:
-    """id=host[:port]"""
+def _server(spec: str) -> tuple[str, str, int | None]:
+    """id=host[:port] -> (id, host, port or None: the transport's default port)"""
     try:
         sid, addr = spec.split("=", 1)
         try:
             check_device_id(sid)  # server ids share the device ids' syntax (both travel as ids)
         except MalformedError:
             raise ValueError(f"bad server id {sid!r}") from None
-        return ServerEntry(sid, *_host_port(addr, 1812))
+        host, port = _host_port(addr, 0)
+        return sid, host, port or None
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"server must be id=host[:port], not {spec!r} ({exc})") from None
+
+
+def _servers(a) -> list[ServerEntry]:
+    """The bundle's servers: --server's port is the RadSec port (default 2083) for a RadSec
+    bundle, the device listener's UDP port (default 11812) for a UDP one."""
+    if a.transport == RADSEC:
+        return [ServerEntry(sid, host, radsec_port=port or ServerEntry.radsec_port) for sid, host, port in a.server]
+    return [ServerEntry(sid, host, port=port or ServerEntry.port) for sid, host, port in a.server]
 
 
 def _nas_address(spec: str) -> tuple[str, int]:
@@ -142,7 +151,7 @@ def cmd_enrol(a, now, realm: Realm):
         rec = realm.enrol_certificate(open(a.certificate, "rb").read(), now)
         print(f"enrolled {rec.device_id} by certificate serial {rec.cert_serial}")
     else:
-        bundle = realm.enrol_generated(a.device_id, a.server, a.secret, now)
+        bundle = realm.enrol_generated(a.device_id, _servers(a), a.secret or "", now, a.transport)
         _write_private(a.out, bundle.to_json())
         print(f"enrolled {a.device_id} with a generated key; bootstrap bundle (0600) in {a.out}")
 
@@ -150,7 +159,7 @@ def cmd_enrol(a, now, realm: Realm):
 def cmd_bundle(a, now, realm: Realm):
     if realm.registry.get_device(a.device_id) is None:
         raise RegistryError(f"device {a.device_id} is not enrolled")
-    _write_private(a.out, realm.bundle(a.device_id, a.server, a.secret).to_json())
+    _write_private(a.out, realm.bundle(a.device_id, _servers(a), a.secret or "", a.transport).to_json())
     print(f"bootstrap bundle for {a.device_id} in {a.out}")
 
 
@@ -275,8 +284,12 @@ def parser() -> argparse.ArgumentParser:
     for sp in (g, b := sub.add_parser("bundle", help="export the bootstrap bundle of an enrolled device")):
         if sp is b:
             sp.add_argument("device_id")
-        sp.add_argument("--server", type=_server, action="append", required=True, help="id=host[:port], repeatable")
-        sp.add_argument("--secret", required=True, help="RADIUS shared secret for the device")
+        sp.add_argument("--server", type=_server, action="append", required=True,
+                        help="id=host[:port], repeatable (port: RadSec 2083, or with --transport udp 11812)")
+        sp.add_argument("--transport", choices=(RADSEC, UDP), default=RADSEC,
+                        help="radsec (default): RADIUS/TLS with the device certificate, no shared secret; "
+                             "udp: RADIUS/UDP with --secret, the weaker option (every holder can speak as any device)")
+        sp.add_argument("--secret", help="RADIUS shared secret of the device listener (--transport udp only)")
         sp.add_argument("--out", required=True)
     ls = sub.add_parser("list", help="list devices")
     ls.add_argument("--json", action="store_true")
@@ -314,6 +327,11 @@ COMMANDS = {"enrol": cmd_enrol, "bundle": cmd_bundle, "list": cmd_list, "show": 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(argv)
+    if getattr(a, "transport", None) is not None:  # enrol generate, bundle
+        if a.transport == UDP and not a.secret:
+            p.error("--transport udp needs --secret (the device listener's shared secret)")
+        if a.transport == RADSEC and a.secret:
+            p.error("a RadSec bundle carries no shared secret: drop --secret, or use --transport udp")
     if a.cmd == "nas" and a.action == "add" and not (a.name and a.address and a.secret):
         p.error("nas add needs NAME ADDRESS --secret S")
     now = time.time()

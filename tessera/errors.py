@@ -171,11 +171,17 @@ class WrongIdentityError(TesseraError):
     code, name = 21, "wrong-identity"
 
 
+class QuotaError(TesseraError):
+    """The device sent more fresh proofs within the replay window than its quota allows."""
+
+    code, name = 22, "over-quota"
+
+
 ALL: tuple[type[TesseraError], ...] = (
     TesseraError, MalformedError, UnsupportedVersionError, InvalidTicket, UnknownKeyVersionError,
     WrongRealmError, UnknownDeviceError, RevokedError, NotRegisteredError, SupersededError,
     ExpiredError, NotYetValidError, ClockSkewError, BadProofError, ReplayError, WrongServerError,
-    WrongPeerError, StateError, CertificateError, InternalError, WrongIdentityError,
+    WrongPeerError, StateError, CertificateError, InternalError, WrongIdentityError, QuotaError,
 )
 BY_CODE: dict[int, type[TesseraError]] = {cls.code: cls for cls in ALL}
 

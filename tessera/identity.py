@@ -305,7 +305,7 @@ class ServerEntry:
 
     server_id: str
     host: str
-    port: int = 1812
+    port: int = 11812  # the device listener (sites-available/tessera); 1812 is the NAS listener's
     radsec_port: int = 2083  # IANA's port for RADIUS/TLS (RFC 6614)
     tls_name: str = ""
 
@@ -379,7 +379,7 @@ class BootstrapBundle:
             point_from_bytes(pub)
             if not isinstance(d["servers"], list) or not all(isinstance(s, dict) for s in d["servers"]):
                 raise MalformedError("bootstrap bundle: servers must be a list of objects")
-            servers = [ServerEntry(str(s["id"]), str(s["host"]), int(s.get("port", 1812)),
+            servers = [ServerEntry(str(s["id"]), str(s["host"]), int(s.get("port", ServerEntry.port)),
                                    int(s.get("radsec_port", 2083)), str(s.get("tls_name", ""))) for s in d["servers"]]
             if not all(0 < s.port < 65536 and 0 < s.radsec_port < 65536 for s in servers):
                 raise MalformedError("bootstrap bundle: a server port is outside 1..65535")

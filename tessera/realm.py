@@ -54,7 +54,8 @@ class Realm:
             raise RegistryError("the registry holds no realm: run `tessera-admin init` first")
         self.name = name.decode()
         self.policy = Policy(**{k: int(v) for k, v in ((k, registry.get_meta("policy." + k)) for k in
-                                                      ("registration_lifetime", "tgt_lifetime", "session_lifetime", "clock_skew")) if v})
+                                                      ("registration_lifetime", "tgt_lifetime", "session_lifetime", "clock_skew",
+                                                       "replay_quota")) if v})
         self.signing_key = DeviceKey.from_pem(self._open_meta("service_signing_key"))
         self.ca = CertificateAuthority.from_pem(registry.get_meta("ca_certificate"), self._open_meta("ca_key"))
         self._services: list[Service] = []

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 
-from .errors import ClockSkewError, ReplayError, TesseraError
+from .errors import ClockSkewError, QuotaError, ReplayError
 
 # Live proofs per device. A proof stamped `now` is kept skew + 1 s (301 s at the default skew),
 # so 512 allow ~1.7 requests/s from one device for ever -- a device makes a few per TGT lifetime
@@ -35,12 +35,6 @@ from .errors import ClockSkewError, ReplayError, TesseraError
 DEFAULT_PER_DEVICE = 512
 DEFAULT_MAX_ENTRIES = 2_000_000
 DEFAULT_RESERVE = 16
-
-
-class QuotaError(TesseraError):
-    """The device sent more fresh proofs within the replay window than its quota allows."""
-
-    code, name = 22, "over-quota"  # beside errors.py's codes (21 is wrong-identity)
 
 
 def check_skew(timestamp: int, now: int, skew: int) -> None:

@@ -43,6 +43,16 @@ class StubService:
             raise RevokedError(f"device {device_id!r} is revoked")
         return dev
 
+    def handle_as(self, request: bytes, sender: str, now: float) -> bytes:
+        return self.handle(request, now)  # the stub has no device identities to bind
+
+    def error_reply(self, exc, now: float) -> bytes:
+        return b""  # the stub holds no service key: its rejects carry only Reply-Message
+
+    def record_location(self, device_id: str, nas_identifier: str, nas_address: str, nas_port: str,
+                        calling_station: str, now: float) -> None:
+        pass  # the stub keeps no locations
+
     def admit_certificate(self, serial_hex: str, issuer: str, common_name: str, now: float) -> str:
         dev = self._device(common_name)
         if dev.get("serial", "").lower() != serial_hex.lower():
@@ -63,6 +73,9 @@ class StubRealm:
 
     def close(self) -> None:
         pass
+
+    def reload_if_changed(self) -> bool:
+        return False  # the stub has no service keys to rotate
 
 
 def open_realm(db: str, kek: str) -> StubRealm:

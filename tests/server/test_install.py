@@ -67,6 +67,7 @@ def installed(scratch_root):
     r = subprocess.run([str(REPO / "tools" / "install-radius"), "--root", str(scratch_root),
                         "--init-realm", "lab.example", "--server-id", "radius-1",
                         "--listen-address", ADDRESS, "--device-port", str(port), "--nas-port", str(nas_port),
+                        "--radsec-port", str(radiusd.free_tcp_port(ADDRESS)),  # not 2083: parallel runs
                         "--device-client", ADDRESS, "--device-secret", SECRET,
                         "--nas-client", ADDRESS, "--nas-secret", NAS_SECRET],
                        capture_output=True, text=True, timeout=600)

@@ -24,6 +24,10 @@ class FakeService:
             raise RuntimeError("secret key 00112233 leaked into a message")
         return b"\x00reply\x00" + request
 
+    def error_reply(self, exc, now):
+        self.calls.append(("error_reply", exc.name))
+        return b"\x01err" + bytes([exc.code])
+
     def admit_certificate(self, serial, issuer, cn, now):
         self.calls.append(("admit", serial, issuer, cn))
         if cn != "dev1":
@@ -62,7 +66,9 @@ def test_plugin_operation_accept_splits_reply_with_plus_equals(plugin):
 def test_plugin_operation_reject_names_reason_and_code(plugin):
     rc, update = plugin.authorize(request(b"revoked"))
     assert rc == RLM.RLM_MODULE_REJECT
-    assert update["reply"] == (("Reply-Message", "revoked: device dev1 is revoked"), ("Tessera-Error", "8"))
+    # the service's error reply travels in Tessera-Reply beside the reason and code
+    assert update["reply"] == (("Reply-Message", "revoked: device dev1 is revoked"), ("Tessera-Error", "8"),
+                               ("Tessera-Reply", "+=", "0x" + (b"\x01err" + bytes([8])).hex()))
     assert any("revoked" in m for _, m in plugin.logs)
     rc, update = plugin.authorize(request(b"fine"))  # the same plugin, a message the core accepts
     assert rc == RLM.RLM_MODULE_OK and attrs.join_from_hex(v for _, _, v in update["reply"]) == b"\x00reply\x00fine"

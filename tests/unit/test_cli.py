@@ -33,15 +33,28 @@ def test_cli_enrol_list_show_revoke_rotate_audit(admin, tmp_path):
     (tmp_path / "d.pub").write_bytes(key.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     code, out, _ = admin("enrol", "key", "SN-1", str(tmp_path / "d.pub"), "--certificate-out", str(tmp_path / "d.crt"))
     assert code == 0 and "enrolled SN-1" in out and (tmp_path / "d.crt").exists()
-    code, out, _ = admin("enrol", "generate", "SN-2", "--server", "r1=192.0.2.1", "--server", "r2=192.0.2.2:11812",
-                         "--secret", "s", "--out", str(tmp_path / "b.json"))
+    code, out, _ = admin("enrol", "generate", "SN-2", "--server", "r1=192.0.2.1", "--server", "r2=192.0.2.2:3083",
+                         "--out", str(tmp_path / "b.json"))
     assert code == 0 and stat.S_IMODE(os.stat(tmp_path / "b.json").st_mode) == 0o600
     bundle = BootstrapBundle.from_json((tmp_path / "b.json").read_text())
-    assert [(s.server_id, s.host, s.port) for s in bundle.servers] == [("r1", "192.0.2.1", 1812), ("r2", "192.0.2.2", 11812)]
+    # RadSec by default: the --server ports are RadSec ports, and no shared secret anywhere
+    assert [(s.server_id, s.host, s.radsec_port) for s in bundle.servers] == [("r1", "192.0.2.1", 2083), ("r2", "192.0.2.2", 3083)]
+    assert bundle.radius_transport == "radsec" and "radius_secret" not in (tmp_path / "b.json").read_text()
     assert bundle.device_key_pem and bundle.device_certificate_pem
+    # a RadSec bundle refuses a secret; a UDP one needs it -- each beside the accepted form
+    assert admin("enrol", "generate", "SN-3", "--server", "r1=192.0.2.1", "--secret", "s", "--out", str(tmp_path / "c.json"))[0] == 2
+    assert admin("enrol", "generate", "SN-3", "--server", "r1=192.0.2.1", "--transport", "udp",
+                 "--out", str(tmp_path / "c.json"))[0] == 2
+    assert not (tmp_path / "c.json").exists()
+    code, out, _ = admin("enrol", "generate", "SN-3", "--server", "r1=192.0.2.1", "--transport", "udp", "--secret", "s",
+                         "--out", str(tmp_path / "c.json"))
+    udp = BootstrapBundle.from_json((tmp_path / "c.json").read_text())
+    assert code == 0 and udp.radius_transport == "udp" and udp.radius_secret == "s"
+    assert [(s.server_id, s.port) for s in udp.servers] == [("r1", 11812)]  # the device listener, not the NAS one
     code, out, _ = admin("list", "--json")
     rows = json.loads(out)
-    assert [(r["device_id"], r["state"], r["enrolled_by"]) for r in rows] == [("SN-1", "enrolled", "key"), ("SN-2", "enrolled", "bundle")]
+    assert [(r["device_id"], r["state"], r["enrolled_by"]) for r in rows] == [("SN-1", "enrolled", "key"), ("SN-2", "enrolled", "bundle"),
+                                                                                ("SN-3", "enrolled", "bundle")]
     assert rows[0]["certificate_serial"]
     assert admin("revoke", "SN-2", "--reason", "lost")[0] == 0
     code, out, _ = admin("show", "SN-2")
@@ -49,7 +62,7 @@ def test_cli_enrol_list_show_revoke_rotate_audit(admin, tmp_path):
     code, out, _ = admin("rotate")
     assert code == 0 and "kvno 2" in out and "current" in out
     code, out, _ = admin("audit", "--json")
-    assert [e["event"] for e in json.loads(out)] == ["realm-created", "enrolled", "enrolled", "revoked", "key-rotated"]
+    assert [e["event"] for e in json.loads(out)] == ["realm-created", "enrolled", "enrolled", "enrolled", "revoked", "key-rotated"]
     # nothing printed anywhere carries the device's private key
     assert "PRIVATE KEY" not in out
 
@@ -130,20 +143,20 @@ def test_cli_bundle_for_an_enrolled_device_and_not_for_another(admin, tmp_path):
     assert admin("enrol", "key", "SN-1", key.public_bytes().hex())[0] == 0
     out_file = tmp_path / "b.json"
     code, out, err = admin("bundle", "SN-1", "--server", "r1=192.0.2.1", "--server", "r2=[2001:db8::2]:11812",
-                           "--secret", "radius-secret", "--out", str(out_file))
+                           "--transport", "udp", "--secret", "radius-secret", "--out", str(out_file))
     assert (code, out, err) == (0, f"bootstrap bundle for SN-1 in {out_file}\n", "")
     assert stat.S_IMODE(os.stat(out_file).st_mode) == 0o600
     bundle, realm = BootstrapBundle.from_json(out_file.read_text()), realm_of(tmp_path)
     assert (bundle.realm, bundle.device_id, bundle.radius_secret) == ("example.net", "SN-1", "radius-secret")
-    assert [(s.server_id, s.host, s.port) for s in bundle.servers] == [("r1", "192.0.2.1", 1812), ("r2", "2001:db8::2", 11812)]
+    assert [(s.server_id, s.host, s.port) for s in bundle.servers] == [("r1", "192.0.2.1", 11812), ("r2", "2001:db8::2", 11812)]
     assert bundle.service_public_key == realm.service_public_key and bundle.ca_certificate_pem
     assert bundle.device_key_pem is None and "PRIVATE KEY" not in out_file.read_text()  # the device has its own key
     # refusals: a device the realm does not know; a server that is not id=host[:port]
-    code, out, err = admin("bundle", "SN-404", "--server", "r1=192.0.2.1", "--secret", "s", "--out", str(tmp_path / "x.json"))
+    code, out, err = admin("bundle", "SN-404", "--server", "r1=192.0.2.1", "--out", str(tmp_path / "x.json"))
     assert (code, out, err) == (1, "", "tessera-admin: device SN-404 is not enrolled\n")
     for bad, why in (("r1", "not enough values"), ("=192.0.2.1", "bad server id ''"), ("r1=", "neither an IP address"),
                      ("r1=192.0.2.1:99999", "port '99999'")):
-        code, _, err = admin("bundle", "SN-1", "--server", bad, "--secret", "s", "--out", str(tmp_path / "x.json"))
+        code, _, err = admin("bundle", "SN-1", "--server", bad, "--out", str(tmp_path / "x.json"))
         assert code == 2 and f"server must be id=host[:port], not {bad!r}" in err and why in err
     assert not (tmp_path / "x.json").exists()
 

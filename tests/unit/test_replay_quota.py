@@ -26,8 +26,9 @@ def test_replay_cache_quota_refuses_only_the_flooder_until_the_window_passes():
         cache.add("flooder", b"N" + _nonce(i), T0, T0)
     with pytest.raises(QuotaError, match=r"device flooder already has 8 live proofs here \(quota 8") as exc:
         cache.add("flooder", b"N" + _nonce(8), T0, T0)
-    # its own wire code, which no other error of the taxonomy uses
-    assert exc.value.name == "over-quota" and exc.value.code not in E.BY_CODE
+    # its own wire code in the taxonomy, which no other error uses
+    assert exc.value.name == "over-quota" and E.BY_CODE[exc.value.code] is QuotaError
+    assert sum(cls.code == exc.value.code for cls in E.ALL) == 1
     # another device is served at the same moment, and its replay is still a replay
     cache.add("calm", b"C" + _nonce(1000), T0, T0)
     with pytest.raises(E.ReplayError):

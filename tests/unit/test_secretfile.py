@@ -125,11 +125,11 @@ def test_secretfile_tessera_admin_bundle(admin, tmp_path, victim):
     out = tmp_path / "bundle.json"
     out.write_bytes(b"{}")
     out.chmod(0o644)
-    code, _, err = admin("bundle", "SN-1", "--server", "r1=192.0.2.1", "--secret", "s", "--out", str(out))
+    code, _, err = admin("bundle", "SN-1", "--server", "r1=192.0.2.1", "--out", str(out))
     assert (code, err, mode(out)) == (0, "", 0o600) and b'"device_id": "SN-1"' in out.read_bytes()
     link = tmp_path / "linked.json"
     link.symlink_to(victim)
-    code, _, err = admin("bundle", "SN-1", "--server", "r1=192.0.2.1", "--secret", "s", "--out", str(link))
+    code, _, err = admin("bundle", "SN-1", "--server", "r1=192.0.2.1", "--out", str(link))
     assert code == 1 and "symbolic link" in err
     assert victim.read_bytes() == b"root:x:0:0\n" and mode(victim) == 0o644
 
