@@ -10,7 +10,7 @@ server-internal attribute ``Tessera-Step`` that the virtual servers set:
   ``service.handle(message, now)``, answer ``ok`` with the reply split over ``Tessera-Reply``
   instances (``+=``, so every instance is kept), or ``reject`` with ``Reply-Message`` =
   "<name>: <reason>", ``Tessera-Error`` = the code and, in ``Tessera-Reply``, the core's
-  ``error_reply`` (an ErrorMessage the device core reads); a service-key rotation made by
+  ``error_reply`` (a SignedError or ErrorMessage the device core reads); a service-key rotation made by
   ``tessera-admin`` is picked up here, checked at most once a second. Over RadSec the site
   also sets ``Tessera-TLS-Identity`` and ``TLS-Client-Cert-Serial``/``-Issuer`` (the
   connection's certificate): the certificate must be the one enrolled for the device it names
