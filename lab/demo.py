@@ -72,7 +72,8 @@ def run(n: int, timeout: float, pcap: str, keep: bool) -> int:
 def _demo(rl: RealmLab, n: int, timeout: float, pcap: str, t_build: float) -> int:
     devices, stranger = rl.devices[:n], rl.devices[n]
     print(f"  realm {rl.realm.name}: registry {rl.dir / 'registry.db'}, service key kvno {rl.realm.keyring.current.kvno}")
-    print(f"  FreeRADIUS {rl.cfg.server_id} at {rl.cfg.address}:{rl.cfg.port} (pid {rl.radius.pid}) with the "
+    print(f"  FreeRADIUS {rl.cfg.server_id} at {rl.cfg.address} (pid {rl.radius.pid}): switches on UDP {rl.cfg.nas_port}, "
+          f"devices on RadSec {rl.cfg.radsec_port} (TLS, device certificate); with the "
           f"Tessera module; switch {rl.switch.ns} with {len(rl.devices)} 802.1X ports (hostapd each, nftables)")
     for d in devices:
         print(f"  enrolled {d.device_id} (generated key pair, bootstrap bundle) on port {d.dev.port}, {d.dev.mac}")
