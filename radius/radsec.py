@@ -19,7 +19,7 @@ transport. It keeps one TLS connection per server open (made when first needed, 
 - one exchange at a time per connection (an SSL object must not be read and written from two
   threads at once): a second thread waits for the first, within its own time bound;
 - every step is bounded by ``timeout``: connecting plus the TLS handshake, and then the wait
-  for the answer (all non-blocking with ``select``, so a server that accepts the TCP
+  for the answer (all non-blocking with ``poll``, so a server that accepts the TCP
   connection and then says nothing cannot hold a thread longer);
 - a connection the server closed while idle (FreeRADIUS's ``idle_timeout``) is noticed before
   the request goes out (the socket is readable with no request outstanding) and replaced; if
@@ -124,8 +124,7 @@ class _Connection:
         if self.buf or self.sock.pending():
             return True
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-            if not readable:
+            if not _ready(self.sock, False, 0):
                 return False
             self.sock.recv(4096)  # non-blocking: data or EOF (stale), or no data in those records
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -331,11 +330,17 @@ class RadSecClient(RadiusClient):
         return out
 
 
+def _ready(sock: socket.socket, write: bool, timeout: float) -> bool:
+    """poll(2), not select(2): an agent with many sockets open may hold descriptors >= 1024,
+    which select() cannot wait on (ValueError)."""
+    p = select.poll()
+    p.register(sock, select.POLLOUT if write else select.POLLIN)
+    return bool(p.poll(max(0, int(timeout * 1000))))
+
+
 def _wait(sock: socket.socket, write: bool, deadline: float, clock: Callable[[], float], what: str) -> None:
     """Wait until ``sock`` is readable (or writable); ``TransportError`` at the deadline."""
     left = deadline - clock()
-    if left > 0:
-        r, w, _ = select.select([] if write else [sock], [sock] if write else [], [], left)
-        if r or w:
-            return
+    if left > 0 and _ready(sock, write, left):
+        return
     raise TransportError(f"timed out waiting for {what}")

@@ -15,6 +15,7 @@ import os
 from typing import Callable
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from . import servicekey
@@ -33,13 +34,22 @@ KEK_LEN = 32
 
 def issuer_string(cert: x509.Certificate) -> str:
     """The issuer as FreeRADIUS prints TLS-Client-Cert-Issuer (OpenSSL's one-line form)."""
+    return name_string(cert.issuer)
+
+
+def name_string(name: x509.Name) -> str:
+    """A name in OpenSSL's one-line form (``/O=…/CN=…``), as FreeRADIUS prints it."""
     parts = []
-    for rdn in cert.issuer.rdns:
+    for rdn in name.rdns:
         for a in rdn:
             short = {NameOID.COMMON_NAME: "CN", NameOID.ORGANIZATION_NAME: "O", NameOID.COUNTRY_NAME: "C",
                      NameOID.ORGANIZATIONAL_UNIT_NAME: "OU", NameOID.SERIAL_NUMBER: "serialNumber"}.get(a.oid, a.oid.dotted_string)
             parts.append(f"/{short}={a.value}")
     return "".join(parts)
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class Realm:
@@ -189,6 +199,16 @@ class Realm:
             bc = None
         if bc is None or not bc.ca:
             raise CertificateError("not a CA certificate")
+        # Admission finds a device by (issuer as FreeRADIUS prints it, serial): a second CA with
+        # the same name and another key could issue a working copy of any device's certificate
+        # (same issuer string, same serial, its own key). One name, one key.
+        name, key = name_string(cert.subject), _spki(cert)
+        for known in self.trusted_cas():
+            if name_string(known.subject) == name and _spki(known) != key:
+                raise CertificateError(f"a trusted CA named {name} already exists with another key "
+                                       "(devices are found by issuer name and serial)")
+            if known == cert:
+                return cert  # already trusted
         old = self.registry.get_meta("trusted_cas") or b""
         self.registry.set_meta("trusted_cas", old + pem_certificate(cert))
         self.registry.add_audit(AuditEvent(int(now), "ca-trusted", None, cert.subject.rfc4514_string()))

@@ -35,6 +35,10 @@ from .errors import ClockSkewError, QuotaError, ReplayError
 DEFAULT_PER_DEVICE = 512
 DEFAULT_MAX_ENTRIES = 2_000_000
 DEFAULT_RESERVE = 16
+# Of a device's quota, what one pair (initiator, responder) of a peer session may spend: a
+# responder provoking hellos (e.g. with fresh announces) spends at most this much of the
+# initiator's quota, never enough to keep its renewals out. 16 session requests per window.
+DEFAULT_PER_PAIR = 32
 
 
 def check_skew(timestamp: int, now: int, skew: int) -> None:
@@ -47,14 +51,17 @@ class ReplayCache:
     of them per device."""
 
     def __init__(self, skew: int, per_device: int = DEFAULT_PER_DEVICE, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 reserve: int = DEFAULT_RESERVE):
+                 reserve: int = DEFAULT_RESERVE, per_pair: int = DEFAULT_PER_PAIR):
         if per_device < 2 or reserve < 2 or max_entries < 1:
             raise ValueError("per_device and reserve must be at least 2 (a session request adds two proofs)")
         self.skew = skew
         self.per_device = per_device
         self.max_entries = max_entries
         self.reserve = min(reserve, per_device)
+        self.per_pair = max(2, min(per_pair, per_device))
         self._seen: dict[bytes, str] = {}  # proof key → the device it is charged to
+        self._pair_of: dict[bytes, str] = {}  # proof key → the session pair it was spent by
+        self._held_pair: dict[str, int] = {}  # pair → live entries it spent
         self._expiry: list[tuple[int, bytes]] = []  # heap of (expiry, proof key)
         self._held: dict[str, int] = {}  # device → live entries charged to it
 
@@ -79,15 +86,23 @@ class ReplayCache:
                 self._held[device] = left
             else:
                 del self._held[device]
+            pair = self._pair_of.pop(key, None)
+            if pair is not None:
+                left = self._held_pair[pair] - 1
+                if left:
+                    self._held_pair[pair] = left
+                else:
+                    del self._held_pair[pair]
 
     def add(self, device: str, key: bytes, timestamp: int, now: int) -> None:
         """Record a verified proof charged to `device`; raises ReplayError if it was seen and
         could still pass, QuotaError if the device is over its quota."""
         self.add_all(device, ((key, timestamp),), now)
 
-    def add_all(self, device: str, proofs: tuple[tuple[bytes, int], ...], now: int) -> None:
+    def add_all(self, device: str, proofs: tuple[tuple[bytes, int], ...], now: int, pair: str | None = None) -> None:
         """Record several verified proofs charged to one device: all of them, or none (a
-        refusal leaves nothing behind that could count against anyone)."""
+        refusal leaves nothing behind that could count against anyone). ``pair`` (a peer
+        session's initiator and responder) may spend at most ``per_pair`` of the device's quota."""
         self._prune(now)
         if len({key for key, _ in proofs}) != len(proofs):
             raise ReplayError("the same proof twice in one request")
@@ -98,6 +113,9 @@ class ReplayCache:
         if held + len(proofs) > self.per_device:
             raise QuotaError(f"device {device} already has {held} live proofs here (quota {self.per_device}, "
                              f"each kept up to {window} s); retry later")
+        if pair is not None and self._held_pair.get(pair, 0) + len(proofs) > self.per_pair:
+            raise QuotaError(f"session {pair.replace(chr(0), ' → ')} already spent {self._held_pair[pair]} of "
+                             f"{device}'s proofs here (at most {self.per_pair} per pair); retry later")
         if len(self._seen) + len(proofs) > self.max_entries and held + len(proofs) > self.reserve:
             raise QuotaError(f"the replay cache is full ({len(self._seen)} proofs) and device {device} "
                              f"holds {held}; retry later")
@@ -105,4 +123,8 @@ class ReplayCache:
             # the latest moment the proof could still pass check_skew
             heapq.heappush(self._expiry, (max(timestamp, now) + self.skew + 1, key))
             self._seen[key] = device
+            if pair is not None:
+                self._pair_of[key] = pair
         self._held[device] = held + len(proofs)
+        if pair is not None:
+            self._held_pair[pair] = self._held_pair.get(pair, 0) + len(proofs)

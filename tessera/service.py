@@ -269,9 +269,11 @@ class Service:
         self._check_current(tgt_b.device_id, tgt_b.generation)
         self._check_current(tgt_a.device_id, tgt_a.generation)
         # both proofs are charged to the initiator, whose fresh hello every session request needs:
-        # a neighbour flooding B with hellos spends its own quota, never B's; all or none is kept
+        # a neighbour flooding B with hellos spends its own quota, never B's; all or none is kept.
+        # A responder provoking A's hellos spends at most the pair's share of A's quota.
         self.replay.add_all(hello.initiator, ((b"S" + _key(req.device_id, req.nonce), req.timestamp),
-                                              (b"H" + _key(hello.initiator, hello.nonce), hello.timestamp)), now)
+                                              (b"H" + _key(hello.initiator, hello.nonce), hello.timestamp)), now,
+                            pair=f"{hello.initiator}\x00{req.device_id}")
         not_after = min(tgt_a.not_after, tgt_b.not_after, now + self.policy.session_lifetime)
         key = self.random(32)
         body = session_part_body(key, not_after, hello.initiator, req.device_id, hello.nonce, req.nonce)

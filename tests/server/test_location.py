@@ -133,11 +133,20 @@ def test_location_eap_tls_is_filed_under_the_certificate_not_the_outer_identity(
     _, creds_c = site.device("loc-c")
     site.device("loc-d")
     before_d = site.location("loc-d")
-    # loc-c's certificate, EAP-Identity (and so User-Name) "loc-d", and a Tessera-Device-Id
-    # "loc-d" in every request: filed under loc-c, the certificate's device
-    rc, out = tls(site, tmp_path, creds_c, "loc-d", site.server.nas_port, site.server.nas_secret,
+    # loc-c's certificate with EAP-Identity (and so User-Name) "loc-d", or "anonymous": refused
+    # -- the switch would file the session under a name a Disconnect-Request for loc-c misses
+    for outer in ("loc-d", "anonymous"):
+        rc, out = tls(site, tmp_path, creds_c, outer, site.server.nas_port, site.server.nas_secret,
+                      (*where("switch-2", "p4", "02:00:5e:10:00:04"), tessera_device_id("loc-d")), name=f"tls-{outer}")
+        assert rc != 0 and "FAILURE" in out, out[-3000:]
+        assert site.location("loc-c") == (None, None, None)
+    # its own id outside, and a forged Tessera-Device-Id "loc-d" in every request: filed under
+    # loc-c, the certificate's device, and the Access-Accept names loc-c for the switch
+    rc, out = tls(site, tmp_path, creds_c, "loc-c", site.server.nas_port, site.server.nas_secret,
                   (*where("switch-2", "p4", "02:00:5e:10:00:04"), tessera_device_id("loc-d")))
     assert rc == 0 and "SUCCESS" in out, out[-3000:]
+    accept = out[out.index("code=2 (Access-Accept)"):]
+    assert "Attribute 1 (User-Name) length=7\n      Value: 'loc-c'" in accept, accept[:2000]
     assert site.location("loc-c") == ("switch-2", "p4", "02-00-5E-10-00-04")
     assert site.location("loc-d") == before_d == (None, None, None)
 

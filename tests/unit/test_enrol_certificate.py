@@ -259,3 +259,23 @@ def test_enrol_certificate_refuses_extensions_that_do_not_parse(realm, maker):
         realm.enrol_certificate(pem, T0)
     assert realm.registry.get_device("SN-GOOD") is None
     assert realm.enrol_certificate(pem_certificate(leaf(maker)), T0).device_id == "SN-GOOD"
+
+
+def test_trust_ca_refuses_a_second_ca_with_a_trusted_name_and_another_key(realm):
+    """Admission finds a device by (issuer string, serial): a CA named like the realm CA (or a
+    trusted maker) but with its own key could issue a working copy of any device's certificate."""
+    from tessera.errors import CertificateError
+    from tessera.identity import CertificateAuthority, pem_certificate
+
+    realm_name = realm.ca.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    forger = CertificateAuthority.generate(realm_name, T0)
+    assert forger.certificate.subject == realm.ca.certificate.subject
+    with pytest.raises(CertificateError, match="already exists with another key"):
+        realm.trust_ca(pem_certificate(forger.certificate), T0)
+    maker = CertificateAuthority.generate("Maker DevID CA", T0)
+    realm.trust_ca(pem_certificate(maker.certificate), T0)  # control: a new name is trusted
+    realm.trust_ca(pem_certificate(maker.certificate), T0)  # the same CA again: accepted, kept once
+    twin = CertificateAuthority.generate("Maker DevID CA", T0)
+    with pytest.raises(CertificateError, match="already exists with another key"):
+        realm.trust_ca(pem_certificate(twin.certificate), T0)
+    assert [c.subject for c in realm.trusted_cas()].count(twin.certificate.subject) == 1

@@ -179,3 +179,33 @@ def test_replay_cache_quota_a_neighbour_flooding_hellos_spends_its_own_quota(rea
     session(c, b)  # B answers C: charged to C
     session(b, c)  # and B still opens sessions itself
     assert service.replay.held("SN-B") == 2 + 2 and service.replay.held("SN-A") == 8
+
+
+def test_replay_cache_quota_a_responder_provoking_hellos_spends_only_the_pairs_share(realm, service, rand):
+    """Z makes C start handshake after handshake (e.g. with fresh announces) and spends each of
+    C's hellos in a session request: the pair (C, Z) stops at its share, C still renews and
+    still opens sessions with others."""
+    service.replay = ReplayCache(service.policy.clock_skew, per_device=64, per_pair=8)
+    c, z, w = (make_device(realm, n) for n in ("SN-C", "SN-Z", "SN-W"))
+    for d in (c, z, w):
+        admit(service, d, rand)
+
+    def session(init, resp):
+        ia, rb = PeerInitiator(init, resp.device_id), PeerResponder(resp)
+        rb.receive_hello(ia.hello(T0, rand(16)), T0)
+        return service.handle(rb.session_request(service.server_id, T0, rand(16)), T0)
+
+    for _ in range(4):  # 4 × 2 = 8: the pair's share
+        session(c, z)
+    with pytest.raises(QuotaError, match="session SN-C → SN-Z already spent 8 of SN-C's proofs"):
+        session(c, z)
+    assert service.replay.held("SN-C") == 2 + 8  # the refusal kept nothing
+    session(c, w)  # C with another neighbour: served
+    _renew(service, c, rand, T0)  # and C's own renewal: served
+    later = T0 + 2 * service.policy.clock_skew + 2
+    _renew(service, c, rand, later)  # the window passed: the pair's share is free again
+    for d in (c, z):
+        d.ticket_reply(service.handle(d.auth_request(service.server_id, later, rand(16)), later), later)
+    ia, rb = PeerInitiator(c, z.device_id), PeerResponder(z)
+    rb.receive_hello(ia.hello(later, rand(16)), later)
+    service.handle(rb.session_request(service.server_id, later, rand(16)), later)
