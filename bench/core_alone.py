@@ -29,9 +29,9 @@ from tessera.realm import Realm  # noqa: E402
 from tessera.service import Policy  # noqa: E402
 from tessera.sqlite_registry import SQLiteRegistry  # noqa: E402
 
-# Every request of a round comes from one device: a flood the replay cache's per-device quota
-# would refuse after 512 proofs. The benchmark realm lifts the quota (the cache's global cap stays).
-BENCH_POLICY = Policy(replay_quota=10 ** 7)
+# Every request of a round comes from one device (one pair for sessions): a flood the replay
+# cache's per-device and per-pair quotas would refuse after 512 and 32 proofs. The benchmark realm lifts the quota (the cache's global cap stays).
+BENCH_POLICY = Policy(replay_quota=10 ** 7, replay_pair_quota=10 ** 7)
 
 SERVER = "radius1"
 

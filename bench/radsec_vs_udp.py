@@ -45,6 +45,7 @@ from tessera.peer import PeerInitiator, PeerResponder  # noqa: E402
 from tessera.radius.client import Server  # noqa: E402
 from tessera.radius.radsec import RadSecClient, RadSecServer, tls_context  # noqa: E402
 from tessera.realm import Realm, create_kek  # noqa: E402
+from tessera.service import Policy  # noqa: E402
 from tessera.sqlite_registry import SQLiteRegistry  # noqa: E402
 
 NAME = "radius.bench.example"
@@ -175,7 +176,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as d:
         d = Path(d)
         now = time.time()
-        realm = Realm.init(SQLiteRegistry(str(d / "registry.db")), create_kek(str(d / "kek")), "bench.example", now)
+        # a pair of devices does up to PROOFS_PER_DEVICE/2 sessions: past the per-pair share of
+        # the replay quota (32 proofs), which only a flood needs; lift that one
+        realm = Realm.init(SQLiteRegistry(str(d / "registry.db")), create_kek(str(d / "kek")), "bench.example", now,
+                           Policy(replay_pair_quota=PROOFS_PER_DEVICE))
         LabPKI(realm.ca).install_server_files(d / "tls", NAME, now)
         cfg = radiusd.RadiusConfig(db=d / "registry.db", kek=d / "kek", tls_dir=d / "tls", radsec_port=0)
         raddb = radiusd.build_config(d / "raddb", cfg)

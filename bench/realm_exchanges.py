@@ -35,9 +35,9 @@ from tessera.realm import Realm, create_kek  # noqa: E402
 from tessera.service import Policy  # noqa: E402
 from tessera.sqlite_registry import SQLiteRegistry  # noqa: E402
 
-# Every request of a round comes from one device: a flood the replay cache's per-device quota
-# would refuse after 512 proofs. The benchmark realm lifts the quota (the cache's global cap stays).
-BENCH_POLICY = Policy(replay_quota=10 ** 7)
+# Every request of a round comes from one device (one pair for sessions): a flood the replay
+# cache's per-device and per-pair quotas would refuse after 512 and 32 proofs. The benchmark realm lifts the quota (the cache's global cap stays).
+BENCH_POLICY = Policy(replay_quota=10 ** 7, replay_pair_quota=10 ** 7)
 
 
 def main(argv=None) -> int:
@@ -87,6 +87,9 @@ def main(argv=None) -> int:
             failures = []
 
             def report(name, requests):
+                # FreeRADIUS keeps each answered request for cleanup_delay (5 s) and drops new ones
+                # beyond max_requests (16,384): let the previous exchange's requests clear first
+                time.sleep(6)
                 res = run_load(server, prebuild(server, requests), pid=rs.pid, window=a.window)
                 if res.rejected or res.lost:
                     failures.append(f"{name}: {res.rejected} rejected, {res.lost} lost")

@@ -65,7 +65,7 @@ class Realm:
         self.name = name.decode()
         self.policy = Policy(**{k: int(v) for k, v in ((k, registry.get_meta("policy." + k)) for k in
                                                       ("registration_lifetime", "tgt_lifetime", "session_lifetime", "clock_skew",
-                                                       "replay_quota")) if v})
+                                                       "replay_quota", "replay_pair_quota")) if v})
         self.signing_key = DeviceKey.from_pem(self._open_meta("service_signing_key"))
         self.ca = CertificateAuthority.from_pem(registry.get_meta("ca_certificate"), self._open_meta("ca_key"))
         self._services: list[Service] = []

@@ -34,7 +34,7 @@ from .audit import AuditAggregator
 from .identity import DeviceKey, check_device_id, verify
 from .registry import AuditEvent, DeviceRecord, DeviceState, Registry
 from .registry import Registered, StaleRequestError, check_freshness
-from .replay import DEFAULT_PER_DEVICE, ReplayCache, check_skew
+from .replay import DEFAULT_PER_DEVICE, DEFAULT_PER_PAIR, ReplayCache, check_skew
 from .seal import Sealer, point_from_bytes, seal_to_public_key
 from .servicekey import KeyRing
 from .ticket import GrantingTicket, RegistrationTicket, check_validity, open_ticket, seal_ticket
@@ -54,6 +54,7 @@ class Policy:
     session_lifetime: int = 3600  # peer session key, capped by both TGTs
     clock_skew: int = 300  # as Kerberos' default
     replay_quota: int = DEFAULT_PER_DEVICE  # live proofs one device may hold in a server's replay cache
+    replay_pair_quota: int = DEFAULT_PER_PAIR  # of those, what one peer-session pair may spend
 
     @property
     def longest_lifetime(self) -> int:
@@ -102,7 +103,7 @@ class Service:
         self.random = random
         self.policy = policy
         self.rejections = AuditAggregator(server_id)  # refused registrations: bounded audit rows (tessera.audit)
-        self.replay = ReplayCache(policy.clock_skew, per_device=policy.replay_quota)
+        self.replay = ReplayCache(policy.clock_skew, per_device=policy.replay_quota, per_pair=policy.replay_pair_quota)
         self._handlers = {
             m.RegisterRequest: self._register,
             m.AuthRequest: self._authenticate,
