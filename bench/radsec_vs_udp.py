@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                         cpu.setdefault((name, transport), []).append(us)
                         print(f"{name:<22} {transport:<9} {res.accepted:>9} {res.rejected:>8} {res.lost:>5} "
                               f"{answered / res.seconds:>11.0f} {us:>17.1f} µs", flush=True)
-    if a.transport == "both":
+    if a.transport == "both" and not failures:  # no ratios from rows with refused or lost requests
         print("\nmedian server CPU per exchange, RadSec / UDP:")
         for name in names.values():
             u, s = (sorted(cpu[(name, t)])[len(cpu[(name, t)]) // 2] for t in ("udp", "radsec"))

@@ -216,6 +216,8 @@ class Lab:
         if self.workdir is None:
             self.workdir = f"/tmp/tessera-lab/{self.tag}"
         os.makedirs(self.workdir, exist_ok=True)
+        # the lab's configs hold its RADIUS and DAS secrets, its pcap the RADIUS traffic
+        os.chmod(self.workdir, 0o700)
         _live_labs.add(self)
         _install_hooks()
 

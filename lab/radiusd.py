@@ -281,17 +281,6 @@ def install_dictionary(raddb: Path, base: str | None = None) -> None:
     target.write_text(text.rstrip("\n") + "\n\n" + block)
 
 
-def radsec_listen_on(site: Path, address: str, port: int) -> None:
-    """Point the RadSec site's listener at ``address`` ("*", an IPv4 or an IPv6 address) and
-    ``port``. Its listen section comes first in the file, before the clients section."""
-    text = site.read_text()
-    if ":" in address:
-        text = set_option(text, "ipaddr", "*").replace("ipaddr = *", f"ipv6addr = {address}", 1)
-    else:
-        text = set_option(text, "ipaddr", address)
-    site.write_text(set_option(text, "port", str(port)))
-
-
 def _add_radsec(raddb: Path, cfg: RadiusConfig) -> None:
     """Enable the RadSec listener for devices (``RADSEC_SITE``) on ``cfg.address`` and
     ``cfg.radsec_port`` (0: a free TCP port, written back). It uses the server certificate
@@ -300,7 +289,7 @@ def _add_radsec(raddb: Path, cfg: RadiusConfig) -> None:
         cfg.radsec_port = free_tcp_port(cfg.address)
     shutil.copyfile(CONFIGS / "sites-available" / RADSEC_SITE, raddb / "sites-available" / RADSEC_SITE)
     (raddb / "sites-enabled" / RADSEC_SITE).symlink_to(f"../sites-available/{RADSEC_SITE}")
-    radsec_listen_on(raddb / "sites-available" / RADSEC_SITE, cfg.address, cfg.radsec_port)
+    listen_on(raddb / "sites-available" / RADSEC_SITE, cfg.address, cfg.radsec_port)
 
 
 def build_config(directory: Path, cfg: RadiusConfig) -> Path:

@@ -40,7 +40,7 @@ import traceback
 from typing import Any, Callable, Iterable
 
 from tessera import eappwd
-from tessera.errors import InternalError
+from tessera.errors import InternalError, RevokedError
 from tessera.radius.attrs import BadHexError, join_from_hex, split_to_hex
 from tessera.vetting import CertificateVetting
 
@@ -190,7 +190,7 @@ class Plugin:
             self.log(self.rlm.L_INFO, f"{_clean(device)!r} admitted on {_clean(get('NAS-Identifier', '?'))} "
                                       f"port {_clean(get('NAS-Port-Id', '?'))}")
         except Exception as exc:  # noqa: BLE001 -- decided here: reject a revoked device, else admit
-            if _is_realm_error(exc) and exc.name == "revoked":
+            if isinstance(exc, RevokedError):
                 self.log(self.rlm.L_INFO, f"admission refused after all: {describe(exc)}")
                 return self.rlm.RLM_MODULE_REJECT
             self.log(self.rlm.L_ERR, f"could not record the admission: {describe(exc)}")

@@ -295,8 +295,11 @@ class RadSecClient(RadiusClient):
                 raise TransportError(f"cannot send: {exc.strerror or type(exc).__name__}") from None
 
     def _await_reply(self, conn: _Connection, request: packet.AuthPacket, deadline: float) -> packet.Packet:
-        """Read packets until the one that answers ``request`` (others are dropped)."""
+        """Read packets until the one that answers ``request`` (others are dropped), at most
+        until ``deadline`` -- also when the server keeps sending packets that answer nothing."""
         while True:
+            if self.clock() >= deadline:
+                raise TransportError("timed out waiting for the answer")
             header = self._read(conn, HEADER, deadline)
             length = int.from_bytes(header[2:4], "big")
             if not MIN_PACKET <= length <= MAX_PACKET:

@@ -380,7 +380,7 @@ class BootstrapBundle:
             if not isinstance(d["servers"], list) or not all(isinstance(s, dict) for s in d["servers"]):
                 raise MalformedError("bootstrap bundle: servers must be a list of objects")
             servers = [ServerEntry(str(s["id"]), str(s["host"]), int(s.get("port", ServerEntry.port)),
-                                   int(s.get("radsec_port", 2083)), str(s.get("tls_name", ""))) for s in d["servers"]]
+                                   int(s.get("radsec_port", ServerEntry.radsec_port)), str(s.get("tls_name", ""))) for s in d["servers"]]
             if not all(0 < s.port < 65536 and 0 < s.radsec_port < 65536 for s in servers):
                 raise MalformedError("bootstrap bundle: a server port is outside 1..65535")
             for k in ("device_key_pem", "device_certificate_pem", "ca_certificate_pem"):

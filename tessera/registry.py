@@ -32,11 +32,12 @@ give a second server an id another host already holds (`check_server_id`).
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
-_SERVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")  # as a device id: it travels in the same field
+from .errors import MalformedError
+from .identity import check_device_id
+
 
 
 class DeviceState(str, enum.Enum):
@@ -202,7 +203,9 @@ def check_server_id(servers: list[ServerRecord], server_id: str, host: str, expl
     this very installation creates. Refused, naming the ids in use: an id another host holds, and
     the default id for a realm that existed before (its servers may predate this record).
     Returns what to tell the operator; raises ServerIdError otherwise."""
-    if not isinstance(server_id, str) or not _SERVER_ID.fullmatch(server_id):
+    try:
+        check_device_id(server_id)  # server ids travel in the same field as device ids
+    except MalformedError:
         raise ServerIdError(f"bad server id {server_id!r}: 1-64 characters of [A-Za-z0-9._:@-], starting alphanumeric")
     in_use = ", ".join(f"{s.server_id} (host {s.host})" for s in servers) or "none recorded"
     holder = next((s for s in servers if s.server_id == server_id), None)

@@ -122,13 +122,13 @@ class Service:
         ``admit_certificate``, see tessera/vetting.py). A message naming another device is
         refused before anything else about it is checked or remembered: a device cannot speak
         for another (nor spend its replay-cache quota)."""
-        msg = m.decode(request, tuple(self._handlers))
-        if msg.device_id != sender:
-            raise WrongIdentityError(f"the connection is {sender[:64]!r}'s, the message is from {msg.device_id!r}")
-        return self.process(request, now).reply
+        return self.process(request, now, sender).reply
 
-    def process(self, request: bytes, now: float) -> Outcome:
+    def process(self, request: bytes, now: float, sender: str | None = None) -> Outcome:
+        """``sender``: the device the transport authenticated, if it did (see ``handle_as``)."""
         msg = m.decode(request, tuple(self._handlers))
+        if sender is not None and msg.device_id != sender:
+            raise WrongIdentityError(f"the connection is {sender[:64]!r}'s, the message is from {msg.device_id!r}")
         if msg.realm != self.realm:
             raise WrongRealmError(f"realm {msg.realm!r}, this is {self.realm!r}")
         if msg.server_id != self.server_id:
@@ -297,9 +297,9 @@ class Service:
         check_validity(tgt.not_before, tgt.not_after, now, self.policy.clock_skew, f"TGT of {tgt.device_id}")
 
     # -- registry checks -------------------------------------------------------------------
-    def _device(self, device_id: str, allow_unregistered: bool = False) -> DeviceRecord:
+    def _device(self, device_id: str) -> DeviceRecord:
         rec = self._not_revoked(self._enrolled(device_id))
-        if not allow_unregistered and rec.state is not DeviceState.REGISTERED:
+        if rec.state is not DeviceState.REGISTERED:
             raise NotRegisteredError(f"device {device_id} is not registered")
         return rec
 
@@ -366,11 +366,7 @@ class Service:
         write (nothing is recorded for a revoked device) and again after it: revocation writes
         the state and then reads the location, so of two that cross, one sees the other -- the
         revocation finds the new port, or this finds the device revoked."""
-        check_device_id(device_id)
-        rec = self.registry.get_device(device_id)
-        if rec is None:
-            raise UnknownDeviceError(f"device {device_id} is not enrolled in {self.realm}")
-        if rec.state is DeviceState.REVOKED:
+        if self._enrolled(check_device_id(device_id)).state is DeviceState.REVOKED:
             raise RevokedError(f"device {device_id} was revoked during its admission")
         if not self.registry.record_location(device_id, nas_identifier[:64], nas_address[:64], nas_port_id[:64],
                                              calling_station[:64], int(now)):

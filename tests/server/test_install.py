@@ -48,15 +48,17 @@ def drop_block(text: str, opening: str) -> str:
 @pytest.fixture(scope="module")
 def scratch_root():
     root = Path(tempfile.mkdtemp(prefix="tessera-install-", dir="/var/tmp"))
-    os.chmod(root, 0o755)
-    (root / "etc" / "freeradius").mkdir(parents=True)
-    subprocess.run(["cp", "-a", "/etc/freeradius/3.0", str(root / "etc" / "freeradius")], check=True)
-    # as an operator would: drop Debian's sample "localhost" client (secret testing123, no
-    # Message-Authenticator requirement), which also holds the address the test client uses
-    clients = root / "etc" / "freeradius" / "3.0" / "clients.conf"
-    clients.write_text(drop_block(clients.read_text(), "client localhost {"))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        os.chmod(root, 0o755)
+        (root / "etc" / "freeradius").mkdir(parents=True)
+        subprocess.run(["cp", "-a", "/etc/freeradius/3.0", str(root / "etc" / "freeradius")], check=True)
+        # as an operator would: drop Debian's sample "localhost" client (secret testing123, no
+        # Message-Authenticator requirement), which also holds the address the test client uses
+        clients = root / "etc" / "freeradius" / "3.0" / "clients.conf"
+        clients.write_text(drop_block(clients.read_text(), "client localhost {"))
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

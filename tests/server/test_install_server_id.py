@@ -34,11 +34,13 @@ OTHER_HOST = "radius-a.other.example"
 @pytest.fixture(scope="module")
 def root():
     root = Path(tempfile.mkdtemp(prefix="tessera-serverid-", dir="/var/tmp"))
-    os.chmod(root, 0o755)
-    (root / "etc" / "freeradius").mkdir(parents=True)
-    subprocess.run(["cp", "-a", "/etc/freeradius/3.0", str(root / "etc" / "freeradius")], check=True)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        os.chmod(root, 0o755)
+        (root / "etc" / "freeradius").mkdir(parents=True)
+        subprocess.run(["cp", "-a", "/etc/freeradius/3.0", str(root / "etc" / "freeradius")], check=True)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def install(root: Path, *args: str) -> subprocess.CompletedProcess:

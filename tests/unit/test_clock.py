@@ -9,7 +9,7 @@ import calendar
 import functools
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from tessera import errors as E, message as m
 from tessera.device import State
@@ -198,6 +198,7 @@ def test_device_request_builders_raise_only_the_projects_errors_for_any_now(now)
 @settings(max_examples=200)
 @given(now=st.one_of(st.just(T0), WILD_TIMES), server_id=st.one_of(st.just("radius-a"), st.text(max_size=80)),
        nonce=st.one_of(st.binary(min_size=16, max_size=16), st.binary(max_size=40)))
+@example(now=T0, server_id="radius-a", nonce=bytes(16))  # the control below always runs
 def test_device_request_builders_raise_only_the_projects_errors_for_any_server_id_and_nonce(now, server_id, nonce):
     """The device core's builders with any server id (the agent takes it from the bundle) and any
     nonce as well: a request, or a TesseraError with nothing changed."""
