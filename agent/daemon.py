@@ -215,8 +215,6 @@ class Agent:
                 peer, data = req.get("peer"), req.get("data")
                 if not isinstance(peer, str) or not isinstance(data, str):
                     out = {"ok": False, "error": "send needs \"peer\" and \"data\" strings"}
-                elif peer not in self.node.neighbours:
-                    out = {"ok": False, "error": f"{peer[:64]} is not a neighbour"}
                 else:
                     try:
                         acts, out = self.node.send(peer, data.encode(), time.time()), {"ok": True}
@@ -448,9 +446,23 @@ def print_status(st: dict) -> None:
         desc = (f"session {s['session_id']} expires in {s['expires_in']} s, {s['frames_out']} out / "
                 f"{s['frames_in']} in / {s['dropped']} dropped") if s else "no session"
         print(f"  peer {peer:<16} {mac}  {desc}")
-    print(f"  frames dropped {st['frames_dropped']}, failed handshakes {st['handshakes_failed']}")
+    print(f"  frames dropped {st['frames_dropped']}, failed handshakes {st['handshakes_failed']}, "
+          f"hellos over their rate {st.get('hellos_limited', 0)}, first handshakes deferred {st.get('handshakes_deferred', 0)}")
+    if st.get("revoked_peers"):
+        print(f"  revoked by the realm (refused): {', '.join(st['revoked_peers'])}")
     if st.get("keys_at_rest"):
         print(f"  keys at rest: {st['keys_at_rest']}")
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds between 0 and 86400")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--key", help="device private key (PEM) if not in the bundle")
     r.add_argument("--certificate", help="device certificate (PEM) if not in the bundle")
     r.add_argument("--state-dir", required=True)
-    r.add_argument("--announce-every", type=float, default=Timers.announce_every)
+    r.add_argument("--announce-every", type=_seconds, default=Timers.announce_every)
+    r.add_argument("--revocation-poll", type=_seconds, default=Timers.revocation_poll,
+                   help="seconds between asking the realm which devices it revoked (default %(default)s)")
     r.add_argument("--debug", action="store_true")
     s = sub.add_parser("status", help="show a running agent's ports, tickets, peers and sessions")
     s.add_argument("--state-dir", required=True)
@@ -490,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         agent = Agent(a.interface, bundle, a.state_dir,
                       open(a.key, "rb").read() if a.key else None,
                       open(a.certificate, "rb").read() if a.certificate else None,
-                      Timers(announce_every=a.announce_every))
+                      Timers(announce_every=a.announce_every, revocation_poll=a.revocation_poll))
     except (OSError, ValueError, TesseraError) as exc:
         print(f"tessera-agent: {exc}", file=sys.stderr)
         return 1

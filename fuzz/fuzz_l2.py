@@ -1,6 +1,6 @@
 """Fuzz what arrives on the device segment: Ethernet frames through `agent.l2.unpack_frame` into
 the node (`tessera.node.Node.handle(FrameReceived)`), which decodes every 0x88B5 payload --
-PeerAnnounce, PeerHello, PeerTicket, PeerFinished, PeerData records and error frames.
+PeerAnnounce, PeerHello, PeerTicket, PeerFinished, PeerConfirm, PeerData records and error frames.
 
 Two real nodes, A and B (A's id is lower: A initiates), with their ports up and TGTs from an
 in-memory realm. The first input byte picks how far their handshake has gone before the fuzzed

@@ -40,7 +40,12 @@ def test_one(data: bytes) -> None:
 
 def make():
     w = world.World()
-    return test_one, list(w.messages.values()) + w.tickets()
+    # the revocation query and list (world.py's devices never ask): A's query, and the realm's
+    # signed answer naming a revoked device
+    w.realm.revoke(w.enrol("SN-R-0000000003").device_id, world.T0, "fuzz seed")
+    query = w.a.revocation_request(world.SERVER_ID, world.T0, w.rand(16))
+    revocation = [query, w.service.handle(query, world.T0)]
+    return test_one, list(w.messages.values()) + w.tickets() + revocation
 
 
 if __name__ == "__main__":

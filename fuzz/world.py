@@ -117,7 +117,8 @@ def frames_of(actions, kind: int) -> list[SendFrame]:
 
 class Stages:
     """Nodes A and B (ports up, TGTs held) at stage 0 (announced), 1 (A's hello sent, B's
-    PeerTicket sent: B's session request answered by the realm) or 2 (session established).
+    PeerTicket sent: B's session request answered by the realm) or 2 (session established and
+    confirmed both ways).
     The realm answers once, when this is made; later builds replay its answer, which fits
     because the nodes' randomness is a counter: they say the same bytes every time."""
 
@@ -152,9 +153,11 @@ class Stages:
         if stage == 1:
             return a, b
         fin = frames_of(a.handle(FrameReceived(MAC_B, ticket[0].payload), T), m.PeerFinished.TYPE)
-        b.handle(FrameReceived(MAC_A, fin[0].payload), T)
+        confirm = frames_of(b.handle(FrameReceived(MAC_A, fin[0].payload), T), m.PeerConfirm.TYPE)
+        a.handle(FrameReceived(MAC_B, confirm[0].payload), T)
         if record:
-            self.sent += [(MAC_B, MAC_A, ticket[0].payload), (MAC_A, MAC_B, fin[0].payload)]
+            self.sent += [(MAC_B, MAC_A, ticket[0].payload), (MAC_A, MAC_B, fin[0].payload),
+                          (MAC_B, MAC_A, confirm[0].payload)]
             for text in (b"to B", b"to B again"):
                 self.sent += [(MAC_A, MAC_B, x.payload) for x in a.send(B, text, T)]
             self.sent += [(MAC_B, MAC_A, x.payload) for x in b.send(A, b"to A", T)]

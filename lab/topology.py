@@ -135,10 +135,11 @@ class RealmLab:
     def set_carrier(self, d: LabDevice, up: bool) -> None:
         self.switch.set_carrier(d.dev.port, up)
 
-    def start_agent(self, d: LabDevice, announce_every: float = 0.5) -> Proc:
+    def start_agent(self, d: LabDevice, announce_every: float = 0.5, revocation_poll: float = 5.0) -> Proc:
         d.agent = self.lab.spawn(f"agent-d{d.dev.index}", d.dev.ns,
                                  [str(AGENT), "run", "-i", "eth0", "--bundle", str(d.dir / "bundle.json"),
-                                  "--state-dir", d.state_dir, "--announce-every", str(announce_every)])
+                                  "--state-dir", d.state_dir, "--announce-every", str(announce_every),
+                                  "--revocation-poll", str(revocation_poll)])
         deadline = time.monotonic() + 15
         while not os.path.exists(os.path.join(d.state_dir, "agent.sock")):
             if not d.agent.alive() or time.monotonic() > deadline:

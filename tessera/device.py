@@ -14,6 +14,11 @@ failover the caller builds a fresh request for the next server.
     A new request while one is outstanding abandons the old one (its reply is then refused); a
     failed reply or `abandon()` (a timeout) returns to the state before the request.
 
+Beside the table, `revocation_request` / `revocation_reply` ask a server which devices were
+revoked lately (docs/layouts.md#revocationlist): one query outstanding at a time (a new one
+abandons the old), answered by a list the service key signed over this query's nonce. They
+neither need nor change any state above, nor the tickets.
+
 `next_action(now)` tells the agent what is due: register when there is no DRT or it is within
 `refresh` of its end, authenticate when there is no TGT or it is close to its end.
 
@@ -36,11 +41,12 @@ import math
 from dataclasses import dataclass
 
 from . import kdf, message as m
-from .errors import BadProofError, ExpiredError, MalformedError, StateError, TesseraError, from_code
+from .errors import (BadProofError, ExpiredError, MalformedError, StateError, TesseraError, WrongServerError,
+                     from_code)
 from .identity import BootstrapBundle, DeviceKey, verify
 from .seal import Sealer, open_with_private_key, point_from_bytes
-from .service import (ERROR_CONTEXT, REGISTER_CONTEXT, REGISTER_REPLY_CONTEXT, drt_device_aad, eap_pwd_password,
-                      tgt_device_aad)
+from .service import (ERROR_CONTEXT, REGISTER_CONTEXT, REGISTER_REPLY_CONTEXT, REVOCATIONS_CONTEXT, drt_device_aad,
+                      eap_pwd_password, tgt_device_aad)
 from .wire import Reader, Writer
 
 
@@ -113,6 +119,7 @@ class DeviceClient:
         self.registration: Registration | None = None
         self.credentials: Credentials | None = None
         self._pending: tuple[str, m.Message, State] | None = None
+        self._revocation_query: m.RevocationQuery | None = None  # outstanding, apart from the table
 
     def _step(self, event: str) -> None:
         try:
@@ -239,6 +246,37 @@ class DeviceClient:
         self._pending = None
         self.credentials = creds
         return creds
+
+    # -- revocations -----------------------------------------------------------------------
+    def revocation_request(self, server_id: str, now: float, nonce: bytes) -> bytes:
+        """A RevocationQuery to `server_id`, in any state (it carries no proof: the answer is
+        public within the realm); it replaces a query still outstanding."""
+        req = m.RevocationQuery(self.realm, self.device_id, server_id, seconds(now), nonce)
+        data = req.encode()
+        self._revocation_query = req
+        return data
+
+    def revocation_reply(self, data: bytes, now: float) -> m.RevocationList:
+        """The signed RevocationList answering the outstanding query, or the project's error.
+
+        Taken only if the service key's signature over `"tessera v1 revocations\x00"` ‖ body
+        verifies and realm, device id and nonce are this query's (else `BadProofError`) and the
+        server id is the one it was addressed to (else `WrongServerError`); errors as for the
+        other replies (an unsigned state-changing code is a `BadProofError`). The query is
+        answered either way: a second reply to it is a `StateError`. `now` is not compared
+        with `issued_at`: the nonce makes the list fresh, whatever this device's clock says."""
+        req = self._revocation_query
+        if req is None:
+            raise StateError("no revocation query outstanding")
+        self._revocation_query = None
+        rep = self._reply(data, m.RevocationList, req)
+        if rep.server_id != req.server_id:
+            raise WrongServerError(f"revocation list from {rep.server_id!r}, the query went to {req.server_id!r}")
+        if (rep.realm, rep.device_id, rep.request_nonce) != (self.realm, self.device_id, req.nonce):
+            raise BadProofError("revocation list does not answer this query")
+        if not verify(self.service_key, rep.signature, REVOCATIONS_CONTEXT + rep.body()):
+            raise BadProofError("revocation list is not signed by the realm's service key")
+        return rep
 
     # -- what is due ---------------------------------------------------------------------
     def next_action(self, now: float) -> str | None:

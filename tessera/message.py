@@ -14,12 +14,15 @@ proof (signature or MAC) over `body()` — every byte before it.
     6     SessionRequest     Tessera-Message      HMAC under a key from B's STK (+ A's authenticator)
     7     SessionReply       Tessera-Reply        (both parts are AEAD)
     8     SignedError        Tessera-Reply        ECDSA by the service key, over the request's nonce
+    9     RevocationQuery    Tessera-Message      none: it asks for public facts and changes nothing
+    10    RevocationList     Tessera-Reply        ECDSA by the service key, over the query's nonce
     15    ErrorMessage       Tessera-Reply / frame  none: a device never changes state on it
     32    PeerHello          frame A→B            A's authenticator (HMAC, names B)
     33    PeerTicket         frame B→A            finished MAC of B
     34    PeerFinished       frame A→B            finished MAC of A
     35    PeerData           frame, both ways     AEAD record (record.py)
     36    PeerAnnounce       frame, broadcast     none: a hint that starts a handshake, nothing more
+    37    PeerConfirm        frame B→A            confirm MAC of B (B holds the keys: A may send)
 
 Sizes (16-character ids, see tests/unit/test_size.py) all fit one Ethernet frame and a few
 RADIUS attribute instances of ≤ 247 bytes.
@@ -43,6 +46,7 @@ SIG_LEN = 64
 MAX_BLOB = 1024
 MAX_MESSAGE = 4000
 _PROOF_LEN = {"mac": 32, "sig": 64}
+MAX_REVOKED = 128  # entries of a RevocationList (docs/layouts.md#revocationlist)
 
 
 def _pull(r: Reader, kind: str):
@@ -66,6 +70,11 @@ def _pull(r: Reader, kind: str):
         return r.pull_vbytes(MAX_BLOB)
     if kind == "rest":
         return r.pull_rest()
+    if kind == "revoked":
+        count = r.pull_u16()
+        if count > MAX_REVOKED:
+            raise MalformedError(f"{count} revoked devices listed, at most {MAX_REVOKED}")
+        return tuple((r.pull_str(64), r.pull_u64()) for _ in range(count))
     raise AssertionError(kind)
 
 
@@ -87,6 +96,12 @@ def _push(w: Writer, kind: str, v) -> None:
         w.push_vbytes(v, MAX_BLOB)
     elif kind == "rest":
         w.push_bytes(v)
+    elif kind == "revoked":
+        if len(v) > MAX_REVOKED:
+            raise ValueError(f"at most {MAX_REVOKED} entries")
+        w.push_u16(len(v))
+        for device_id, at in v:
+            w.push_str(device_id, 64).push_u64(at)
     else:
         raise AssertionError(kind)
 
@@ -278,6 +293,41 @@ class SignedError(Message):
 
 
 @dataclass(repr=False)
+class RevocationQuery(Message):
+    """Device → service: 'which devices were revoked lately?' No proof: the answer is public
+    within the realm and the query changes nothing; the nonce makes the signed answer fresh."""
+
+    realm: str
+    device_id: str
+    server_id: str
+    timestamp: int
+    nonce: bytes
+    TYPE = 9
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("server_id", "id"), ("timestamp", "u64"),
+              ("nonce", "nonce"))
+
+
+@dataclass(repr=False)
+class RevocationList(Message):
+    """Service → device: the devices revoked since `complete_since` (server time), each with
+    when, signed by the service key over the query's realm, device id, server id and nonce.
+    A device drops its sessions with every device listed (docs/layouts.md#revocationlist)."""
+
+    realm: str
+    device_id: str
+    server_id: str
+    request_nonce: bytes
+    issued_at: int  # the server's clock
+    complete_since: int  # every revocation at or after this time is listed
+    revoked: tuple  # ((device_id, revoked_at), ...), newest first, at most MAX_REVOKED
+    signature: bytes = b"\x00" * SIG_LEN
+    TYPE = 10
+    FIELDS = (("realm", "id"), ("device_id", "id"), ("server_id", "id"), ("request_nonce", "nonce"),
+              ("issued_at", "u64"), ("complete_since", "u64"), ("revoked", "revoked"), ("signature", "sig"))
+    PROOF = "signature"
+
+
+@dataclass(repr=False)
 class ErrorMessage(Message):
     """Unsigned: from the service for errors no device acts on (or when the request was not
     proven), and peer → peer in frames. A device treats a state-changing code in it as a
@@ -343,10 +393,26 @@ class PeerAnnounce(Message):
     FIELDS = (("realm", "id"), ("device_id", "id"), ("epoch", "u64"))
 
 
+@dataclass(repr=False)
+class PeerConfirm(Message):
+    """B → A after A's PeerFinished: B has the session and sends under it; until A holds this
+    (or any record of the new session from B) A keeps sending under the previous key."""
+
+    realm: str
+    initiator: str
+    responder: str
+    initiator_nonce: bytes
+    confirm: bytes = b"\x00" * MAC_LEN
+    TYPE = 37
+    FIELDS = (("realm", "id"), ("initiator", "id"), ("responder", "id"), ("initiator_nonce", "nonce"),
+              ("confirm", "mac"))
+    PROOF = "confirm"
+
+
 MESSAGES: dict[int, type[Message]] = {
     m.TYPE: m for m in (RegisterRequest, RegisterReply, AuthRequest, TicketReply, RenewRequest,
-                        SessionRequest, SessionReply, SignedError, ErrorMessage, PeerHello, PeerTicket,
-                        PeerFinished, PeerData, PeerAnnounce)
+                        SessionRequest, SessionReply, SignedError, RevocationQuery, RevocationList, ErrorMessage,
+                        PeerHello, PeerTicket, PeerFinished, PeerData, PeerAnnounce, PeerConfirm)
 }
 
 

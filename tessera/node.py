@@ -47,6 +47,7 @@ from . import message as m
 from .device import DeviceClient, State
 from .errors import (ClockSkewError, NotRegisteredError, RevokedError, StateError, SupersededError, TesseraError,
                      UnknownDeviceError)
+from .limits import Lru, RateLimit
 from .peer import Channel, PeerInitiator, PeerResponder, PeerState
 from .record import session_id_of
 
@@ -153,16 +154,26 @@ class Timers:
     admission_timeout: float = 3.0  # no EAP-Success by then counts as refused (a supplicant that
     # finished its TLS handshake ignores the EAP-Failure of a certificate check that follows it)
     handshake_timeout: float = 10.0
+    resend_every: float = 1.0  # a hello or PeerFinished unanswered this long is sent again
     retry_min: float = 1.0
     retry_max: float = 30.0
     rekey_before: float = 60.0  # start a new handshake this long (at most a quarter of its life) before a key ends
-    old_session_grace: float = 5.0  # keep the previous key for frames in flight after a rekey
+    old_session_grace: float = 5.0  # keep the previous key for frames in flight after a rekey (plus a handshake's time)
+    revocation_poll: float = 30.0  # ask the realm which devices it revoked this often (docs: README, Security)
+    max_neighbours: int = 1024  # announced neighbours remembered (least recently heard forgotten first)
+    max_handshakes: int = 64  # first handshakes we start at once (rekeys of sessions are not counted)
+    max_responding: int = 64  # hellos answered at once: each is a RADIUS request and an agent thread
+    hello_rate: float = 0.5  # new hellos per second per source MAC and per claimed initiator ...
+    hello_burst: float = 4.0  # ... after a burst of this many
+
+
+MACS_PER_NEIGHBOUR = 4  # MACs that recently announced one device id; a hello goes to each
 
 
 @dataclass
 class Neighbour:
     device_id: str
-    mac: str
+    macs: Lru  # MAC → last heard, most recent last
     last_seen: float
     epoch: int = 0
 
@@ -171,9 +182,33 @@ class Neighbour:
 class Session:
     channel: Channel
     established_at: float
+    mac: str  # where its authenticated handshake came from: the only MAC its records go to
+    initiator: bool = False
+    peer_epoch: int = 0  # the peer's announced epoch when it was made (0: not heard yet)
+    confirmed: bool = False  # both sides hold the key: we send under it
     frames_out: int = 0
     frames_in: int = 0
     dropped: int = 0
+
+
+@dataclass
+class Handshake:
+    """Ours, as the initiator: hello sent (pending None) or PeerTicket taken (pending: the new
+    session, opening the peer's records, not yet sent under until confirmed)."""
+
+    role: PeerInitiator
+    started: float
+    resend_at: float
+    first: bool  # no session with that peer: counts against max_handshakes
+    pending: Session | None = None
+
+
+@dataclass
+class Responding:
+    role: PeerResponder
+    mac: str
+    started: float
+    resend_at: float = 0.0
 
 
 class Node:
@@ -185,13 +220,21 @@ class Node:
         self.method: str | None = None
         self.offset = 0.0  # server time minus our clock, learned from a clock-skew reply
         self.skew_retried = False  # the last answer was a clock-skew, retried at once
-        self.neighbours: dict[str, Neighbour] = {}
-        self.sessions: dict[str, Session] = {}  # by peer: the current session
-        self.by_id: dict[bytes, tuple[str, Session]] = {}  # every usable session id (old ones for a grace)
-        self.retiring: dict[bytes, float] = {}  # session id → drop at
-        self.initiating: dict[str, tuple[PeerInitiator, float]] = {}
-        self.peer_retry: dict[str, tuple[float, float]] = {}  # peer → (not before, back-off) after a failure
-        self.responding: dict[str, tuple[PeerResponder, str, float]] = {}  # peer → (role, mac, started)
+        # every table a frame can grow is bounded (tessera/limits.py)
+        self.neighbours: Lru[str, Neighbour] = Lru(timers.max_neighbours)
+        self.sessions: dict[str, Session] = {}  # by peer: the current (sending) session; only handshakes add
+        self.by_id: dict[bytes, tuple[str, Session]] = {}  # every session id that opens records
+        self.retiring: dict[bytes, float] = {}  # session id → stop opening its records at
+        self.initiating: dict[str, Handshake] = {}  # by peer
+        self.responding: Lru[tuple[str, bytes], Responding] = Lru(timers.max_responding)  # (initiator, nonce)
+        self.answered: Lru[tuple[str, bytes], tuple] = Lru(1024)  # ended handshakes: (finished, confirm, resend at) or ()
+        self.peer_retry: Lru[str, tuple[float, float]] = Lru(timers.max_neighbours)  # (not before, back-off)
+        self.epoch_rekey: Lru[str, float] = Lru(timers.max_neighbours)  # peer → no epoch-driven rekey before
+        self.hello_by_source = RateLimit(timers.hello_rate, timers.hello_burst)
+        self.hello_by_peer = RateLimit(timers.hello_rate, timers.hello_burst)
+        self.announce_nudge = RateLimit(0.5, 1.0)  # our announce to a sender of records we cannot open (key None: all)
+        self.revoked: set[str] = set()  # from the realm's last signed revocation list
+        self.next_revocation_poll = 0.0
         self.ops: dict[int, tuple[str, object]] = {}
         self._op_ids = itertools.count(1)
         self.next_announce = 0.0
@@ -199,7 +242,7 @@ class Node:
         self.retry_at = 0.0
         self.admission_started = 0.0
         self.backoff = timers.retry_min
-        self.stats = {"frames_dropped": 0, "handshakes_failed": 0}
+        self.stats = {"frames_dropped": 0, "handshakes_failed": 0, "handshakes_deferred": 0, "hellos_limited": 0}
 
     @property
     def device_id(self) -> str:
@@ -231,9 +274,9 @@ class Node:
         """Protect application data for a peer (raises StateError if there is no session)."""
         s = self.sessions.get(peer)
         if s is None or s.channel.expired(now + self.offset):
-            raise StateError(f"no session with {peer}")
+            raise StateError(f"no session with {peer[:64]}")
         s.frames_out += 1
-        return [SendFrame(self.neighbours[peer].mac, s.channel.seal(data))]
+        return [SendFrame(s.mac, s.channel.seal(data))]
 
     # -- port ------------------------------------------------------------------------------
     def _admission(self, out: list[Action], t: float = 0.0) -> None:
@@ -260,7 +303,9 @@ class Node:
         self.retiring.clear()
         self.initiating.clear()
         self.responding.clear()
+        self.answered.clear()
         self.neighbours.clear()
+        self.peer_retry.clear()
         self.ops = {k: v for k, v in self.ops.items() if v[0] not in ("session",)}
         out.append(Log("link-down", f"{why}: dropped {dropped} session(s)/handshake(s)"))
 
@@ -363,10 +408,14 @@ class Node:
             entry = self.responding.get(ctx)
             if entry is None:
                 return  # the handshake was dropped meanwhile (link down, timeout)
-            role, mac, _ = entry
-            ticket = role.receive_session_reply(reply, t)
+            ticket = entry.role.receive_session_reply(reply, t)
             if out is not None:
-                out.append(SendFrame(mac, ticket))
+                entry.resend_at = t + self.timers.resend_every / 2
+                out.append(SendFrame(entry.mac, ticket))
+        elif kind == "revocations":
+            listing = self.client.revocation_reply(reply, t)
+            if out is not None:
+                self._revocations(listing, t, out)
 
     def _failed(self, kind: str, ctx, exc: TesseraError, t: float, out: list[Action], retry_now: bool = False) -> None:
         if kind in ("register", "ticket"):
@@ -383,10 +432,13 @@ class Node:
             out.append(Log(f"{kind}-failed", f"{exc}; retry in {self.retry_at - t:.0f} s"))
         elif kind == "session":
             entry = self.responding.pop(ctx, None)
+            self.answered.put(ctx, ())  # a repeat of that hello asks the realm nothing more
             self.stats["handshakes_failed"] += 1
             if entry is not None:
-                out.append(SendFrame(entry[1], m.ErrorMessage(exc.code, 0, str(exc)[:200]).encode()))
-            out.append(Log("session-failed", f"with {ctx}: {exc}"))
+                out.append(SendFrame(entry.mac, m.ErrorMessage(exc.code, 0, str(exc)[:200]).encode()))
+            out.append(Log("session-failed", f"with {ctx[0]}: {exc}"))
+        elif kind == "revocations":
+            out.append(Log("revocations-failed", f"{exc}; next try in {self.timers.revocation_poll:.0f} s"))
 
     # -- frames ----------------------------------------------------------------------------
     def _frame(self, ev: FrameReceived, t: float, out: list[Action]) -> None:
@@ -397,7 +449,8 @@ class Node:
             self._data(ev.src, payload, t, out)
             return
         try:
-            msg = m.decode(payload, (m.PeerAnnounce, m.PeerHello, m.PeerTicket, m.PeerFinished, m.ErrorMessage))
+            msg = m.decode(payload, (m.PeerAnnounce, m.PeerHello, m.PeerTicket, m.PeerFinished, m.PeerConfirm,
+                                     m.ErrorMessage))
             if isinstance(msg, m.PeerAnnounce):
                 self._announce_from(msg, ev.src, t, out)
             elif isinstance(msg, m.PeerHello):
@@ -406,93 +459,211 @@ class Node:
                 self._peer_ticket(msg, ev.src, payload, t, out)
             elif isinstance(msg, m.PeerFinished):
                 self._peer_finished(msg, ev.src, payload, t, out)
+            elif isinstance(msg, m.PeerConfirm):
+                self._peer_confirm(msg, ev.src, payload, t, out)
             else:
                 self._peer_error(msg, ev.src, t, out)
         except TesseraError as exc:
-            self.stats["frames_dropped"] += 1
-            out.append(Log("frame-rejected", f"from {ev.src}: {exc.reason}"))
+            self._drop(out, f"from {ev.src}: {exc.reason}")
+
+    def _drop(self, out: list[Action], why: str) -> None:
+        """Count a refused frame; log the first few and then every thousandth (a flood of
+        forged frames must not become a flood of log lines)."""
+        self.stats["frames_dropped"] += 1
+        n = self.stats["frames_dropped"]
+        if n <= 20 or n % 1000 == 0:
+            out.append(Log("frame-rejected", f"{why} ({n} frames dropped so far)"))
 
     def _announce_from(self, msg: m.PeerAnnounce, src: str, t: float, out: list[Action]) -> None:
-        if msg.realm != self.client.realm or msg.device_id == self.device_id:
+        """A hint, never authenticated: it may add a neighbour (bounded, least recently heard
+        forgotten first) and start a handshake, never end or redirect a session."""
+        if msg.realm != self.client.realm or msg.device_id == self.device_id or msg.device_id in self.revoked:
             return
-        known = self.neighbours.get(msg.device_id)
-        if known is None or known.mac != src:
-            out.append(Log("neighbour", f"{msg.device_id} at {src}"))
-        elif known.epoch and known.epoch != msg.epoch and msg.device_id in self.sessions:
-            s = self.sessions.pop(msg.device_id)
-            self.by_id.pop(s.channel.session_id, None)
-            out.append(Log("session-lost", f"{msg.device_id} restarted: its session is gone"))
-        self.neighbours[msg.device_id] = Neighbour(msg.device_id, src, t, msg.epoch)
-        if self.device_id < msg.device_id and msg.device_id not in self.sessions:
-            self._initiate(msg.device_id, t, out)
+        peer = msg.device_id
+        known = self.neighbours.get(peer)
+        restarted = known is not None and known.epoch != msg.epoch
+        if known is None:
+            known = Neighbour(peer, Lru(MACS_PER_NEIGHBOUR), t, msg.epoch)
+            self.neighbours.put(peer, known)
+            if self.neighbours.evicted == 0:  # under a flood of strangers, one line per stranger is the flood
+                out.append(Log("neighbour", f"{peer} at {src}"))
+        known.epoch, known.last_seen = msg.epoch, t
+        known.macs.put(src, t)
+        s = self.sessions.get(peer)
+        if s is not None:  # the session remembers the epoch too: a neighbour entry may be forgotten
+            restarted = restarted or (s.peer_epoch != 0 and s.peer_epoch != msg.epoch)
+            s.peer_epoch = s.peer_epoch or msg.epoch
+        if restarted:
+            self._peer_restarted(peer, t, out)
+        if peer not in self.sessions:
+            self._initiate(peer, t, out)
 
-    def _initiate(self, peer: str, t: float, out: list[Action]) -> None:
-        if peer in self.initiating or self.client.credentials is None or t >= self.client.credentials.not_after:
+    def _peer_restarted(self, peer: str, t: float, out: list[Action]) -> None:
+        """A new epoch: the peer may have lost its sessions. Keep ours (the announce proves
+        nothing) and, if ours to start, run a new handshake now, at most once per timeout."""
+        if peer not in self.sessions and peer not in self.initiating:
+            return
+        if self.device_id > peer or t < self.epoch_rekey.get(peer, 0.0):
+            return
+        self.epoch_rekey.put(peer, t + self.timers.handshake_timeout)
+        self._abandon(peer, t)
+        self.peer_retry.pop(peer, None)
+        out.append(Log("peer-restarted", f"{peer} announces a new epoch: new handshake"))
+        self._initiate(peer, t, out, rekey=True)
+
+    def _targets(self, peer: str) -> list[str]:
+        """Where a hello for `peer` goes: the MAC its current session came from and every MAC
+        that recently announced its id (at most MACS_PER_NEIGHBOUR): an announce from a wrong
+        MAC adds a copy, it cannot divert the one that reaches the peer."""
+        macs = []
+        s = self.sessions.get(peer)
+        if s is not None:
+            macs.append(s.mac)
+        n = self.neighbours.get(peer)
+        if n is not None:
+            macs += [mac for mac in reversed(list(n.macs)) if mac not in macs]
+        return macs
+
+    def _initiate(self, peer: str, t: float, out: list[Action], rekey: bool = False) -> None:
+        if self.device_id > peer or peer in self.initiating or peer in self.revoked:
+            return
+        if self.client.credentials is None or t >= self.client.credentials.not_after:
             return
         if t < self.peer_retry.get(peer, (0.0, 0.0))[0]:
             return
+        first = peer not in self.sessions and not rekey
+        if first and sum(1 for h in self.initiating.values() if h.first) >= self.timers.max_handshakes:
+            self.stats["handshakes_deferred"] += 1
+            return  # a flood of announced strangers waits; rekeys of real sessions never do
+        targets = self._targets(peer)
+        if not targets:
+            return
         role = PeerInitiator(self.client, peer)
         hello = role.hello(t, self.random(16))
-        self.initiating[peer] = (role, t)
+        self.initiating[peer] = Handshake(role, t, t + self.timers.resend_every, first)
         out.append(Log("peer-hello", f"→ {peer}: TGT + authenticator naming {peer}"))
-        out.append(SendFrame(self.neighbours[peer].mac, hello))
+        out.extend(SendFrame(mac, hello) for mac in targets)
+
+    def _abandon(self, peer: str, t: float) -> None:
+        """Drop our handshake with `peer`; keys it already holds still open records for a grace."""
+        hs = self.initiating.pop(peer, None)
+        if hs is not None and hs.pending is not None:
+            self.retiring[hs.pending.channel.session_id] = t + self.timers.handshake_timeout
 
     def _hello(self, msg: m.PeerHello, src: str, raw: bytes, t: float, out: list[Action]) -> None:
+        """A's hello. A repeat gets the PeerTicket again (or nothing yet): never a second
+        request to the realm. A new one is rate-limited per source MAC and per claimed
+        initiator, and the number open at once is capped: each costs a RADIUS request."""
+        key = (msg.initiator, msg.nonce)
+        entry = self.responding.get(key)
+        if entry is not None:
+            if entry.role.state is PeerState.TICKET_SENT and t >= entry.resend_at:
+                entry.resend_at = t + self.timers.resend_every / 2
+                out.append(SendFrame(src, entry.role.ticket_bytes))
+            return
+        if key in self.answered:
+            return  # that handshake ended (its PeerFinished came) or failed: nothing more to say
+        if msg.initiator in self.revoked:
+            raise RevokedError(f"hello from {msg.initiator}, which the realm revoked")
         role = PeerResponder(self.client)
-        role.receive_hello(raw, t)
-        self.neighbours.setdefault(msg.initiator, Neighbour(msg.initiator, src, t)).mac = src  # announce may lag
-        self.responding[msg.initiator] = (role, src, t)
+        role.receive_hello(raw, t)  # realm, names us, timestamp within skew: cheap checks first
+        if len(self.responding) >= self.timers.max_responding:
+            self.stats["hellos_limited"] += 1
+            raise StateError(f"{self.timers.max_responding} handshakes open: hello from {msg.initiator} waits for its resend")
+        if sum(1 for (i, _) in self.responding if i == msg.initiator) >= 2:
+            self.stats["hellos_limited"] += 1
+            raise StateError(f"two handshakes with {msg.initiator} open already")
+        s = self.sessions.get(msg.initiator)
+        from_session_mac = s is not None and s.mac == src  # a rekey from where the session is: a stranger
+        # claiming that initiator's id from elsewhere cannot spend its allowance
+        if not self.hello_by_source.allow(src, t) or not (from_session_mac or self.hello_by_peer.allow(msg.initiator, t)):
+            self.stats["hellos_limited"] += 1
+            raise StateError(f"hellos from {src} / {msg.initiator} over their rate")
+        self.responding.put(key, Responding(role, src, t))
         out.append(Log("peer-hello", f"← {msg.initiator}: asking the realm for a session key"))
-        self._request("session", lambda sid: role.session_request(sid, t, self.random(16)), msg.initiator, out)
+        self._request("session", lambda sid: role.session_request(sid, t, self.random(16)), key, out)
 
     def _peer_ticket(self, msg: m.PeerTicket, src: str, raw: bytes, t: float, out: list[Action]) -> None:
-        entry = self.initiating.get(msg.responder)
-        if entry is None:
-            raise TesseraError(f"no handshake with {msg.responder}")
-        role = entry[0]
+        hs = self.initiating.get(msg.responder)
+        if hs is None:
+            raise StateError(f"no handshake with {msg.responder}")
+        role = hs.role
+        if role.state is PeerState.CONFIRMING:
+            if raw == role.ticket_bytes and t >= hs.resend_at:  # B resent it: our finished was lost
+                hs.resend_at = t + self.timers.resend_every
+                out.append(SendFrame(hs.pending.mac, role.finished_bytes))
+            return
         fin = role.receive_ticket(raw, t)
-        del self.initiating[msg.responder]
+        s = Session(role.channel, t, src, initiator=True)
+        hs.pending, hs.resend_at = s, t + self.timers.resend_every
+        self.by_id[role.channel.session_id] = (msg.responder, s)  # B's records open from now on
         out.append(SendFrame(src, fin))
-        self._established(msg.responder, role.channel, t, out)
 
     def _peer_finished(self, msg: m.PeerFinished, src: str, raw: bytes, t: float, out: list[Action]) -> None:
-        entry = self.responding.get(msg.initiator)
-        if entry is None or entry[0].state is not PeerState.TICKET_SENT:
-            raise TesseraError(f"no handshake with {msg.initiator}")
-        channel = entry[0].receive_finished(raw, t)
-        del self.responding[msg.initiator]
-        self._established(msg.initiator, channel, t, out)
+        key = (msg.initiator, msg.initiator_nonce)
+        done = self.answered.get(key)
+        if done:  # A did not get our confirm: the same one again (its finished, byte for byte)
+            finished, confirm, resend_at = done
+            if raw == finished and t >= resend_at:
+                self.answered.put(key, (finished, confirm, t + self.timers.resend_every / 2))
+                out.append(SendFrame(src, confirm))
+            return
+        entry = self.responding.get(key)
+        if entry is None or entry.role.state is not PeerState.TICKET_SENT:
+            raise StateError(f"no handshake with {msg.initiator}")
+        channel = entry.role.receive_finished(raw, t)
+        self.responding.pop(key)
+        self.answered.put(key, (entry.role.finished_bytes, entry.role.confirm_bytes, t + self.timers.resend_every / 2))
+        out.append(SendFrame(src, entry.role.confirm_bytes))
+        self._established(msg.initiator, Session(channel, t, src, initiator=False), t, out)
+
+    def _peer_confirm(self, msg: m.PeerConfirm, src: str, raw: bytes, t: float, out: list[Action]) -> None:
+        hs = self.initiating.get(msg.responder)
+        if hs is None or hs.pending is None or hs.role.state is not PeerState.CONFIRMING:
+            return  # a repeat (confirmed already) or a stray: nothing to do
+        hs.role.receive_confirm(raw)
+        del self.initiating[msg.responder]
+        self._established(msg.responder, hs.pending, t, out)
 
     def _peer_error(self, msg: m.ErrorMessage, src: str, t: float, out: list[Action]) -> None:
-        for peer, (role, _) in list(self.initiating.items()):
-            if self.neighbours.get(peer) and self.neighbours[peer].mac == src:
-                del self.initiating[peer]
-                self._handshake_failed(peer, t, out, f"{peer} reports: {msg.detail}")
+        """Unauthenticated: logged and counted, nothing else. A handshake the peer could not
+        complete times out (anyone could send this frame, so it may not end one)."""
+        self._drop(out, f"from {src}: peer reports {msg.detail!r}")
 
     def _handshake_failed(self, peer: str, t: float, out: list[Action], why: str) -> None:
         """Count the failure and back off before the next try with this peer (1 s doubling to 30 s)."""
         self.stats["handshakes_failed"] += 1
         _, backoff = self.peer_retry.get(peer, (0.0, self.timers.retry_min / 2))
         backoff = min(backoff * 2, self.timers.retry_max)
-        self.peer_retry[peer] = (t + backoff, backoff)
+        self.peer_retry.put(peer, (t + backoff, backoff))
         out.append(Log("session-failed", f"{why}; next try in {backoff:.0f} s"))
 
-    def _established(self, peer: str, channel: Channel, t: float, out: list[Action]) -> None:
+    def _established(self, peer: str, s: Session, t: float, out: list[Action]) -> None:
         old = self.sessions.get(peer)
-        if old is not None:
-            self.retiring[old.channel.session_id] = t + self.timers.old_session_grace
-        s = Session(channel, t)
+        if old is not None and old is not s:
+            # the peer may still send under the old key until it holds our confirm (or, as the
+            # initiator, until it sees ours): keep it for a handshake's time and a grace
+            self.retiring[old.channel.session_id] = t + self.timers.handshake_timeout + self.timers.old_session_grace
+        self.retiring.pop(s.channel.session_id, None)
         self.peer_retry.pop(peer, None)
+        s.confirmed = True
+        n = self.neighbours.get(peer)
+        s.peer_epoch = n.epoch if n is not None else 0
         self.sessions[peer] = s
-        self.by_id[channel.session_id] = (peer, s)
+        self.by_id[s.channel.session_id] = (peer, s)
         verb = "rekeyed" if old else "established"
-        out.append(Log("session", f"{verb} with {peer}: session {channel.session_id.hex()} until {channel.not_after:.0f}"))
+        out.append(Log("session", f"{verb} with {peer}: session {s.channel.session_id.hex()} until "
+                       f"{s.channel.not_after:.0f}, key confirmed both ways"))
 
     def _data(self, src: str, frame: bytes, t: float, out: list[Action]) -> None:
         try:
             peer, s = self.by_id[session_id_of(frame)]
         except (KeyError, TesseraError):
             self.stats["frames_dropped"] += 1
+            if self.announce_nudge.allow(src, t) and self.announce_nudge.allow(None, t):
+                # perhaps we restarted: tell that sender our epoch (per source and in all: a
+                # flood of records from forged MACs must not become a flood of announces)
+                out.append(SendFrame(src, self._announce()))
             return
         try:
             data = s.channel.open(frame)
@@ -502,8 +673,60 @@ class Node:
             if s.dropped <= 3 or s.dropped % 1000 == 0:
                 out.append(Log("frame-dropped", f"from {peer}: {exc.reason} ({s.dropped} dropped)"))
             return
+        current = self.sessions.get(peer)
+        if not s.confirmed and (current is None or s.established_at > current.established_at):
+            # a record under the key our handshake is confirming: the peer holds it and sends
+            # under it (it does only once established), as good as its PeerConfirm
+            hs = self.initiating.get(peer)
+            if hs is not None and hs.pending is s:
+                del self.initiating[peer]
+            self._established(peer, s, t, out)
         s.frames_in += 1
         out.append(Deliver(peer, data))
+
+    def _announce(self) -> bytes:
+        return m.PeerAnnounce(self.client.realm, self.device_id, self.epoch).encode()
+
+    # -- revocation --------------------------------------------------------------------------
+    def _poll_revocations(self, t: float, out: list[Action]) -> None:
+        if self.port is not Port.UP or t < self.next_revocation_poll or self._busy("revocations"):
+            return
+        if self.client.registration is None:
+            return
+        self.next_revocation_poll = t + self.timers.revocation_poll
+        self._request("revocations", lambda sid: self.client.revocation_request(sid, t, self.random(16)), None, out)
+
+    def _revocations(self, listing: m.RevocationList, t: float, out: list[Action]) -> None:
+        """The realm's signed list: end every session and handshake with a device on it, refuse
+        its hellos, and (a list cut at its size) renegotiate every session older than what it
+        covers: the realm refuses the revoked, the rest rekey."""
+        self.revoked = {device_id for device_id, _ in listing.revoked if device_id != self.device_id}
+        for peer in list(self.sessions):
+            s = self.sessions[peer]
+            if peer in self.revoked or s.established_at < listing.complete_since:
+                self._end_sessions(peer)
+                why = "revoked by the realm" if peer in self.revoked else "older than the revocation list covers"
+                out.append(Log("session-ended", f"with {peer}: {why}"))
+        for peer in list(self.initiating):
+            if peer in self.revoked:
+                self._abandon(peer, t)
+        for key in list(self.responding):
+            if key[0] in self.revoked:
+                self.responding.pop(key)
+        for peer in self.revoked:
+            self.neighbours.pop(peer)
+
+    def _end_sessions(self, peer: str) -> None:
+        """Forget every key shared with `peer`: current, retiring and being confirmed."""
+        self.sessions.pop(peer, None)
+        for sid, (p, _) in list(self.by_id.items()):
+            if p == peer:
+                del self.by_id[sid]
+                self.retiring.pop(sid, None)
+        hs = self.initiating.get(peer)
+        if hs is not None:
+            hs.pending = None
+            del self.initiating[peer]
 
     # -- timers ----------------------------------------------------------------------------
     def _tick(self, t: float, out: list[Action]) -> None:
@@ -517,40 +740,60 @@ class Node:
         self._lifecycle(t, out)
         if self.port is not Port.UP:
             return
+        self._poll_revocations(t, out)
         creds = self.client.credentials
         if creds is not None and t < creds.not_after and t >= self.next_announce:
-            out.append(SendFrame(BROADCAST, m.PeerAnnounce(self.client.realm, self.device_id, self.epoch).encode()))
+            out.append(SendFrame(BROADCAST, self._announce()))
             self.next_announce = t + self.timers.announce_every
+        self._forget_quiet_neighbours(t)
         if creds is not None and t < creds.not_after:
             # neighbours heard before we held a TGT (or after a failed try): ours to start
             for peer in self.neighbours:
-                if self.device_id < peer and peer not in self.sessions:
+                if peer not in self.sessions and peer not in self.initiating and self.device_id < peer:
                     self._initiate(peer, t, out)
-        for peer, (_, started) in list(self.initiating.items()):
-            if t - started > self.timers.handshake_timeout:
-                del self.initiating[peer]
-                self._handshake_failed(peer, t, out, f"{peer}: no answer to the hello")
-        for peer, (_, _, started) in list(self.responding.items()):
-            if t - started > self.timers.handshake_timeout and not any(c == peer for k, c in self.ops.values() if k == "session"):
-                del self.responding[peer]
+        for peer, hs in list(self.initiating.items()):
+            if t - hs.started > self.timers.handshake_timeout:
+                self._abandon(peer, t)
+                state = "confirm" if hs.pending is not None else "hello"
+                self._handshake_failed(peer, t, out, f"{peer}: no answer to the {state}")
+            elif t >= hs.resend_at:
+                hs.resend_at = t + self.timers.resend_every
+                if hs.pending is not None:
+                    out.append(SendFrame(hs.pending.mac, hs.role.finished_bytes))
+                else:
+                    out.extend(SendFrame(mac, hs.role.hello_bytes) for mac in self._targets(peer))
+        for key, entry in self.responding.items():
+            if t - entry.started > self.timers.handshake_timeout and not any(c == key for k, c in self.ops.values() if k == "session"):
+                self.responding.pop(key)
+                self.answered.put(key, None)  # its repeats ask for nothing more
         for peer, s in list(self.sessions.items()):
             if s.channel.expired(t):
-                del self.sessions[peer]
-                self.by_id.pop(s.channel.session_id, None)
+                self._end_sessions(peer)
                 out.append(Log("session-expired", f"with {peer}"))
             elif (s.channel.not_after - t < min(self.timers.rekey_before, (s.channel.not_after - s.established_at) / 4)
-                  and self.device_id < peer and peer in self.neighbours):
-                self._initiate(peer, t, out)
+                  and self.device_id < peer):
+                self._initiate(peer, t, out, rekey=True)
         for sid, until in list(self.retiring.items()):
             if t >= until:
                 del self.retiring[sid]
-                self.by_id.pop(sid, None)
+                entry = self.by_id.get(sid)
+                if entry is not None and self.sessions.get(entry[0]) is not entry[1]:
+                    del self.by_id[sid]
+
+    def _forget_quiet_neighbours(self, t: float) -> None:
+        """Neighbours unheard for a few announce periods go (oldest first: O(forgotten));
+        a session does not need its neighbour entry, it keeps the MAC it was made with."""
+        ttl = self.timers.announce_every * 4
+        while (oldest := self.neighbours.oldest()) is not None and t - oldest[1].last_seen > ttl:
+            self.neighbours.pop(oldest[0])
 
     # -- status ----------------------------------------------------------------------------
     def status(self, now: float) -> dict:
         """Ports, tickets (expiry only, never keys), neighbours and sessions."""
         t = now + self.offset
         reg, cred = self.client.registration, self.client.credentials
+        neighbours = {n.device_id: next(reversed(list(n.macs)), "") for n in self.neighbours.values()}
+        neighbours.update({p: s.mac for p, s in self.sessions.items()})
         return {
             "device_id": self.device_id,
             "port": self.port.value,
@@ -559,10 +802,11 @@ class Node:
             "registration": {"generation": reg.generation, "expires_in": round(reg.not_after - t)} if reg else None,
             "tgt": {"expires_in": round(cred.not_after - t)} if cred else None,
             "clock_offset": round(self.offset),
-            "neighbours": {n.device_id: n.mac for n in self.neighbours.values()},
+            "neighbours": neighbours,
             "sessions": {p: {"session_id": s.channel.session_id.hex(), "expires_in": round(s.channel.not_after - t),
                              "frames_out": s.frames_out, "frames_in": s.frames_in, "dropped": s.dropped}
                          for p, s in self.sessions.items()},
-            "handshakes": sorted(set(self.initiating) | set(self.responding)),
+            "handshakes": sorted(set(self.initiating) | {i for i, _ in self.responding}),
+            "revoked_peers": sorted(self.revoked),
             **self.stats,
         }

@@ -6,12 +6,20 @@ service, prove it to each other, and then talk without the service.
                                   SessionRequest -----------------> (TGT_B, B's proof, A's hello)
                                   <----------------- SessionReply   (key sealed for B, for A)
     <-------------------------- PeerTicket   (A's part, B's finished)
-    PeerFinished --------------->            (A's finished)
+    PeerFinished --------------->            (A's finished)           B established: B sends
+    <-------------------------- PeerConfirm  (B's confirm)            A established: A sends
     ======== PeerData records both ways, keys from the schedule below ========
+
+Key confirmation runs both ways: B's finished proves B holds the key before A uses it, A's
+finished proves A does before B does, and B's confirm tells A that B has switched, so A never
+sends under a key B does not hold (any record of the new session from B confirms as well: B
+sends under it only once established). Retransmission is the node's: a repeated hello gets
+the same PeerTicket, a repeated PeerFinished the same PeerConfirm (`ticket_bytes`,
+`confirm_bytes`), so no lost frame needs a second request to the realm.
 
 Key schedule: th = H(hello ‖ PeerTicket body); HKDF(session key, salt = th, "peer keys") →
 finished keys for B and A, a key and IV per direction, and the 8-byte session id. B's finished
-MAC covers th, A's covers th ‖ B's finished: each side proves it holds the session key and saw
+MAC covers th, A's covers th ‖ B's finished, B's confirm th ‖ A's finished: each side proves it holds the session key and saw
 the same handshake (mutual authentication), and a changed frame changes every derived key.
 
 Both roles are state machines with transition tables; an input not in the table is StateError.
@@ -39,6 +47,7 @@ class PeerState(enum.Enum):
     HELLO_SENT = "hello-sent"  # initiator
     AWAITING_SERVICE = "awaiting-service"  # responder
     TICKET_SENT = "ticket-sent"  # responder
+    CONFIRMING = "confirming"  # initiator: holds the keys, waits for B's confirm before sending
     ESTABLISHED = "established"
     CLOSED = "closed"
 
@@ -46,7 +55,8 @@ class PeerState(enum.Enum):
 P = PeerState
 INITIATOR: dict[tuple[PeerState, str], PeerState] = {
     (P.START, "hello"): P.HELLO_SENT,
-    (P.HELLO_SENT, "peer_ticket"): P.ESTABLISHED,
+    (P.HELLO_SENT, "peer_ticket"): P.CONFIRMING,
+    (P.CONFIRMING, "peer_confirm"): P.ESTABLISHED,
 }
 RESPONDER: dict[tuple[PeerState, str], PeerState] = {
     (P.START, "peer_hello"): P.AWAITING_SERVICE,
@@ -54,7 +64,7 @@ RESPONDER: dict[tuple[PeerState, str], PeerState] = {
     (P.AWAITING_SERVICE, "session_reply"): P.TICKET_SENT,
     (P.TICKET_SENT, "peer_finished"): P.ESTABLISHED,
 }
-FINISHED_I, FINISHED_R = b"initiator finished", b"responder finished"
+FINISHED_I, FINISHED_R, CONFIRM_R = b"initiator finished", b"responder finished", b"responder confirm"
 
 
 @dataclass
@@ -145,11 +155,12 @@ class PeerInitiator(_Role):
         msg = m.PeerHello(self.client.realm, self.client.device_id, self.responder, int(now), nonce, creds.tgt)
         msg.mac = kdf.mac(kdf.derive(creds.stk, kdf.PEER_AUTHENTICATOR), msg.body())
         self._creds, self._hello = creds, msg
-        self._hello_bytes = msg.encode()
+        self._hello_bytes = self.hello_bytes = msg.encode()  # the same bytes again on a resend
         return self._hello_bytes
 
     def receive_ticket(self, data: bytes, now: float) -> bytes:
-        """Take B's PeerTicket (or an error frame); returns PeerFinished and establishes."""
+        """Take B's PeerTicket (or an error frame); returns PeerFinished. The channel opens B's
+        records from here on; A sends under it once confirmed (`receive_confirm`)."""
         msg = m.decode(data, (m.PeerTicket, m.ErrorMessage))
         if isinstance(msg, m.ErrorMessage):
             self.close()
@@ -171,7 +182,21 @@ class PeerInitiator(_Role):
         fin = m.PeerFinished(h.realm, h.initiator, h.responder, h.nonce)
         fin.finished = kdf.mac(keys.finished_initiator, FINISHED_I + keys.transcript + msg.finished)
         self.channel = Channel(self.responder, keys, True, not_after)
-        return fin.encode()
+        self._keys, self.ticket_bytes, self.finished_bytes = keys, bytes(data), fin.encode()
+        return self.finished_bytes
+
+    def receive_confirm(self, data: bytes) -> None:
+        """Take B's PeerConfirm: B holds the session, A may send under it."""
+        msg = m.decode(data, (m.PeerConfirm,))
+        if self.state is not P.CONFIRMING:
+            raise StateError(f"peer_confirm is not allowed in state {self.state.value}")
+        h = self._hello
+        if (msg.realm, msg.initiator, msg.responder, msg.initiator_nonce) != (h.realm, h.initiator, h.responder, h.nonce):
+            raise WrongPeerError("confirm answers another handshake")
+        expect = CONFIRM_R + self._keys.transcript + m.decode(self.finished_bytes, (m.PeerFinished,)).finished
+        if not kdf.mac_ok(self._keys.finished_responder, expect, msg.confirm):
+            raise BadProofError("responder's confirm MAC does not verify")
+        self._step("peer_confirm")
 
 
 class PeerResponder(_Role):
@@ -227,9 +252,12 @@ class PeerResponder(_Role):
         self._keys = key_schedule(key, self._hello_bytes, ticket.body())
         ticket.finished = kdf.mac(self._keys.finished_responder, FINISHED_R + self._keys.transcript)
         self._ticket, self._not_after = ticket, not_after
-        return ticket.encode()
+        self.ticket_bytes = ticket.encode()
+        return self.ticket_bytes
 
     def receive_finished(self, data: bytes, now: float) -> Channel:
+        """Take A's PeerFinished: B is established (and sends under the channel); the confirm
+        for A is `confirm_bytes`."""
         msg = m.decode(data, (m.PeerFinished,))
         if self.state is not P.TICKET_SENT:
             raise StateError(f"peer_finished is not allowed in state {self.state.value}")
@@ -240,4 +268,7 @@ class PeerResponder(_Role):
             raise BadProofError("initiator's finished MAC does not verify")
         self._step("peer_finished")
         self.channel = Channel(t.initiator, self._keys, False, self._not_after)
+        confirm = m.PeerConfirm(t.realm, t.initiator, t.responder, t.initiator_nonce)
+        confirm.confirm = kdf.mac(self._keys.finished_responder, CONFIRM_R + self._keys.transcript + msg.finished)
+        self.finished_bytes, self.confirm_bytes = bytes(data), confirm.encode()
         return self.channel

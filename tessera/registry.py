@@ -156,7 +156,15 @@ class Registry(Protocol):
         (whatever the generation: retrying that request cannot succeed), CHANGED when it lost to
         another registration or a revocation; nothing is written then."""
 
-    def set_state(self, device_id: str, state: DeviceState, now: int, event: AuditEvent) -> None: ...
+    def set_state(self, device_id: str, state: DeviceState, now: int, event: AuditEvent) -> None:
+        """Move the device to `state` at `now` (its `updated`); revoking also drops its DRT."""
+
+    def revoked_since(self, since: int, limit: int) -> list[tuple[str, int]]:
+        """(device id, revoked at) of the revoked devices whose revocation time is at or after
+        `since`, newest first (ties by device id, descending), at most `limit` rows. The
+        revocation time is the row's `updated`: `set_state(REVOKED)` writes it and nothing
+        writes a revoked row again but another `set_state` (a revocation repeated moves it
+        later, which lists the device longer, never shorter). Served by an index, not a scan."""
 
     def record_location(self, device_id: str, nas_identifier: str, nas_address: str, nas_port_id: str,
                         calling_station: str, now: int) -> bool:

@@ -1,11 +1,13 @@
-"""The realm service: registration, authentication → TGT, renewal and peer session keys.
+"""The realm service: registration, authentication → TGT, renewal, peer session keys and the
+signed list of recent revocations.
 
 Sans-I/O: `Service.process(request_bytes, now)` decides everything and returns the reply bytes
 (or raises a `TesseraError` naming the reason); the FreeRADIUS module only moves bytes in and
 out of attributes. Time, randomness (`random(n) -> bytes`), the registry and the key ring are
 passed in. The service keeps no per-device secret: the LLK travels inside the DRT's service
 part and the STK inside the TGT's, both sealed under the service key, so any server of the realm
-can answer any request. Its only state is the replay cache of proofs addressed to it.
+can answer any request. Its only state is the replay cache of proofs addressed to it (and the
+revocation list it read from the registry this second).
 
 Checks run cheapest-first and proofs before anything is written: parse → realm → server id →
 open ticket (registration: the enrolled key) → verify proof → clock skew → validity → registry
@@ -43,6 +45,10 @@ from .wire import Writer
 REGISTER_CONTEXT = b"tessera v1 register\x00"
 REGISTER_REPLY_CONTEXT = b"tessera v1 register reply\x00"
 ERROR_CONTEXT = b"tessera v1 error\x00"  # SignedError: docs/layouts.md#signederror
+REVOCATIONS_CONTEXT = b"tessera v1 revocations\x00"  # RevocationList: docs/layouts.md#revocationlist
+#: the largest RevocationList: what one RADIUS reply carries (tessera.radius.attrs.MAX_MESSAGE,
+#: 15 attribute instances); with long device ids fewer than MAX_REVOKED entries fit
+MAX_REVOCATION_LIST = 3705
 
 
 @dataclass(frozen=True)
@@ -104,11 +110,13 @@ class Service:
         self.policy = policy
         self.rejections = AuditAggregator(server_id)  # refused registrations: bounded audit rows (tessera.audit)
         self.replay = ReplayCache(policy.clock_skew, per_device=policy.replay_quota, per_pair=policy.replay_pair_quota)
+        self._revocations: tuple[int, int, tuple] | None = None  # (second computed, complete_since, entries)
         self._handlers = {
             m.RegisterRequest: self._register,
             m.AuthRequest: self._authenticate,
             m.RenewRequest: self._renew,
             m.SessionRequest: self._session,
+            m.RevocationQuery: self._revocation_query,
         }
 
     # -- the entry points ----------------------------------------------------------------
@@ -296,6 +304,44 @@ class Service:
     def _valid_tgt(self, tgt: GrantingTicket, now: int) -> None:
         check_validity(tgt.not_before, tgt.not_after, now, self.policy.clock_skew, f"TGT of {tgt.device_id}")
 
+    # -- the revocation list (docs/layouts.md#revocationlist) -------------------------------
+    def _revocation_query(self, req: m.RevocationQuery, now: int) -> Outcome:
+        """Answer with the revocations since the horizon, signed over the query's nonce.
+
+        The query carries no proof and changes nothing: no replay-cache entry, no registry
+        write, no audit row. Its timestamp is not checked against the clock skew: a device
+        whose clock is wrong must still learn whom to stop talking to (the nonce, not the time,
+        makes the answer fresh). The list itself is computed once a second (`revocation_list`);
+        each answer costs one ECDSA signature, over the nonce it answers."""
+        complete_since, revoked = self.revocation_list(now)
+        reply = m.RevocationList(self.realm, req.device_id, req.server_id, req.nonce, now, complete_since, revoked)
+        reply.signature = self.signing_key.sign(REVOCATIONS_CONTEXT + reply.body())
+        return Outcome("revocations", req.device_id, reply.encode(), f"{len(revoked)} listed")
+
+    def revocation_list(self, now: float) -> tuple[int, tuple[tuple[str, int], ...]]:
+        """(complete_since, ((device id, revoked at), ...) newest first): every revocation at or
+        after complete_since that the registry held when the list was read is in it.
+
+        The horizon is now - (session lifetime + clock skew): a peer session lasts at most the
+        session lifetime, so a device revoked before that has no live session left to end. At
+        most MAX_REVOKED entries, and no more than fit MAX_REVOCATION_LIST bytes with any
+        device id in the reply; when more were revoked, complete_since rises to one second
+        past the newest left out, and listed entries older than that are dropped (they share
+        its second), so the statement above stays true. Read from the registry at most once a
+        second (one indexed query per second per server, whatever the query rate): a
+        revocation made later in the second the list was read appears from the next second."""
+        second = int(now)
+        if self._revocations is None or self._revocations[0] != second:
+            horizon = max(second - (self.policy.session_lifetime + self.policy.clock_skew), 0)
+            rows = self.registry.revoked_since(horizon, m.MAX_REVOKED + 1)
+            self._revocations = (second, *_complete_list(rows, horizon, self._revocation_budget()))
+        return self._revocations[1], self._revocations[2]
+
+    def _revocation_budget(self) -> int:
+        """Bytes left for the entries in a RevocationList to any device id of this realm."""
+        empty = m.RevocationList(self.realm, "x" * 64, self.server_id, bytes(m.NONCE_LEN), 0, 0, ())
+        return MAX_REVOCATION_LIST - len(empty.encode())
+
     # -- registry checks -------------------------------------------------------------------
     def _device(self, device_id: str) -> DeviceRecord:
         rec = self._not_revoked(self._enrolled(device_id))
@@ -389,6 +435,20 @@ class Service:
 def eap_pwd_password(llk: bytes, device_id: str) -> str:
     """The EAP-PWD password both sides derive from the LLK (hex, 64 characters)."""
     return kdf.derive(llk, kdf.EAP_PWD, device_id.encode()).hex()
+
+
+def _complete_list(rows: list[tuple[str, int]], since: int, budget: int) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """The longest newest-first prefix of `rows` within MAX_REVOKED entries and `budget` bytes,
+    cut so that every row at or after the returned complete_since is in it."""
+    listed = []
+    for device_id, at in rows:
+        size = 1 + len(device_id.encode()) + 8  # id ‖ u64
+        if len(listed) == m.MAX_REVOKED or size > budget:
+            since = max(since, at + 1)
+            return since, tuple((d, t) for d, t in listed if t >= since)
+        listed.append((device_id, at))
+        budget -= size
+    return since, tuple(listed)
 
 
 def _key(device_id: str, nonce: bytes) -> bytes:

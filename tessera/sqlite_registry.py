@@ -7,11 +7,11 @@ audit line, and never half-written. The file is created 0600.
 
 Schema versions live in `PRAGMA user_version`. `SCHEMA` is version 0 exactly as the first
 releases created it; `MIGRATIONS[n]` takes version n to n + 1 with ALTER TABLE ADD COLUMN /
-CREATE TABLE only (no table rebuilds), so an existing registry is upgraded in place when it is
-opened, and a new one is created as version 0 and migrated the same way: one path for both.
-The upgrade runs in one BEGIN IMMEDIATE transaction that re-reads the version under the lock,
-so two servers opening the same old file at once migrate it once. A registry newer than this
-code is refused rather than misread.
+CREATE TABLE / CREATE INDEX only (no table rebuilds), so an existing registry is upgraded in
+place when it is opened, and a new one is created as version 0 and migrated the same way: one
+path for both. The upgrade runs in one BEGIN IMMEDIATE transaction that re-reads the version
+under the lock, so two servers opening the same old file at once migrate it once. A registry
+newer than this code is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             host TEXT NOT NULL,
             first_seen INTEGER NOT NULL
         )"""),
+    # version 1 → 2: the revocation list (`revoked_since`) reads the revoked devices by
+    # revocation time from this partial index, never the whole device table
+    ("CREATE INDEX IF NOT EXISTS device_revoked ON device (updated, device_id) WHERE state = 'revoked'",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -183,6 +186,12 @@ class SQLiteRegistry:
             args = (device_id,)
         rows = self._db.execute(q + " ORDER BY id DESC LIMIT ?", args + (limit,)).fetchall()
         return [AuditEvent(*r) for r in reversed(rows)]
+
+    def revoked_since(self, since: int, limit: int) -> list[tuple[str, int]]:
+        # `state = 'revoked'` as the partial index device_revoked says it, so the planner uses it
+        return [tuple(r) for r in self._db.execute(
+            "SELECT device_id, updated FROM device WHERE state = 'revoked' AND updated >= ? "
+            "ORDER BY updated DESC, device_id DESC LIMIT ?", (since, limit))]
 
     def get_meta(self, key: str) -> bytes | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -122,7 +122,7 @@ MALFORMED = {
     "unknown cmd": (b'{"cmd": "reboot"}', "unknown command 'reboot'"),
     "cmd not a string": (b'{"cmd": ["status"]}', "unknown command \"['status']\""),
     "send without strings": (b'{"cmd": "send", "peer": 7, "data": null}', 'send needs "peer" and "data" strings'),
-    "send to a stranger": (b'{"cmd": "send", "peer": "SN-Z", "data": "x"}', "SN-Z is not a neighbour"),
+    "send to a stranger": (b'{"cmd": "send", "peer": "SN-Z", "data": "x"}', "bad-state: no session with SN-Z"),
     "empty": (b"", "empty request"),
     "only blanks": (b" \n\t ", "empty request"),
     "cut short": (b'{"cmd": "sta', "request is not JSON"),

@@ -28,6 +28,9 @@ class Net:
         self.clock: dict[str, float] = {}  # device → how far its clock is off the service's
         self.answers: list[tuple[str, str, str]] = []  # (device, operation, "ok" or the error's name)
         self.intercept: dict[str, Callable] = {}  # device → f(RadiusRequest) -> event in place of the service's
+        self.polls: list[tuple[str, str]] = []  # (device, RadiusAnswer or RadiusFailed) of revocation polls
+        self.intercept_polls: dict[str, Callable] = {}  # device → f(RadiusRequest) -> event answering its poll
+        self.wire: Callable | None = None  # f(device, dst MAC, payload) -> copies delivered (0 loses it, 2 doubles it)
 
     def time_of(self, dev: str) -> float:
         return self.now + self.clock.get(dev, 0.0)
@@ -73,6 +76,17 @@ class Net:
             if isinstance(a, StartAdmission) and self.link[dev]:
                 ok = self.admit(dev, a)
                 self.queue.append((dev, PortAuthorized(a.method) if ok else PortRejected(a.method)))
+            elif isinstance(a, RadiusRequest) and a.operation == "revocations" and dev in self.intercept_polls:
+                self.queue.append((dev, self.intercept_polls[dev](a)))
+            elif isinstance(a, RadiusRequest) and a.operation == "revocations":  # the periodic poll: its own log
+                try:
+                    reply = RadiusAnswer(a.op_id, self.service.handle(a.build("radius-a"), self.now))
+                except E.TesseraError as exc:
+                    reply = RadiusFailed(a.op_id, exc.reason, self.service.error_reply(exc, self.now))
+                if not self.server_up:
+                    reply = RadiusFailed(a.op_id, "no RADIUS server answered")
+                self.polls.append((dev, type(reply).__name__))
+                self.queue.append((dev, reply))
             elif isinstance(a, RadiusRequest):
                 if dev in self.intercept:
                     self.queue.append((dev, self.intercept[dev](a)))
@@ -88,9 +102,10 @@ class Net:
                     self.answers.append((dev, a.operation, exc.name))
             elif isinstance(a, SendFrame):
                 self.frames.append((dev, a.dst, a.payload))
+                copies = 1 if self.wire is None else self.wire(dev, a.dst, a.payload)
                 for other, mac in self.macs.items():
                     if other != dev and self.link[dev] and self.link[other] and a.dst in (mac, BROADCAST):
-                        self.queue.append((other, FrameReceived(self.macs[dev], a.payload)))
+                        self.queue.extend([(other, FrameReceived(self.macs[dev], a.payload))] * copies)
             elif isinstance(a, Deliver):
                 self.delivered.append((a.peer, dev, a.data))
 

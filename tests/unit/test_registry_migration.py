@@ -104,7 +104,7 @@ def test_legacy_registry_is_migrated_in_place_and_keeps_everything(tmp_path):
     assert raw(path, "PRAGMA user_version") == [(0,)]
 
     reg = SQLiteRegistry(path)
-    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(1,)]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
     for table in ("meta", "service_key", "nas"):
         assert raw(path, f"SELECT * FROM {table} ORDER BY 1") == before[table], table
     # the old columns of every row are as they were; the new ones follow
@@ -122,9 +122,12 @@ def test_legacy_registry_is_migrated_in_place_and_keeps_everything(tmp_path):
     SQLiteRegistry(fresh).close()
     for table in ("device", "audit", "server", "meta", "service_key", "nas"):
         assert columns(path, table) == columns(fresh, table), table
+    # and the same indexes (the revocation list's device_revoked among them)
+    indexes = "SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
+    assert raw(path, indexes) == raw(fresh, indexes) and ("device_revoked",) in [r[:1] for r in raw(path, indexes)]
     reg.close()
     SQLiteRegistry(path).close()  # opening again changes nothing
-    assert raw(path, "PRAGMA user_version") == [(1,)]
+    assert raw(path, "PRAGMA user_version") == [(2,)]
 
 
 def test_legacy_realm_serves_after_the_upgrade(tmp_path):
@@ -195,7 +198,7 @@ def test_servers_opening_one_legacy_file_at_once_migrate_it_once(tmp_path):
     for p in procs:
         p.join(60)
     assert results == ["ok"] * 6
-    assert raw(path, "PRAGMA user_version") == [(1,)]
+    assert raw(path, "PRAGMA user_version") == [(2,)]
     assert [c[0] for c in columns(path, "device")].count("register_request_time") == 1
 
 

@@ -63,7 +63,8 @@ class Rig:
             self.feed(None)
 
     def since(self, mark: int) -> list[tuple[str, str]]:
-        return [(op, how) for _, op, how in self.log[mark:]]
+        """The registration and ticket exchanges (not the periodic revocation poll)."""
+        return [(op, how) for _, op, how in self.log[mark:] if op != "revocations"]
 
 
 @pytest.fixture

@@ -392,13 +392,22 @@ MESSAGES = [
      header(35) + bytes(range(8)) + u64(0x0102030405) + b"\x98" * 20, 0),
     (m.PeerAnnounce, dict(realm=REALM, device_id=A, epoch=0x0102030405060708),
      header(36) + id_(REALM) + id_(A) + u64(0x0102030405060708), 0),
+    (m.RevocationQuery, dict(realm=REALM, device_id=A, server_id=SERVER, timestamp=T, nonce=N16),
+     header(9) + id_(REALM) + id_(A) + id_(SERVER) + u64(T) + N16, 0),
+    (m.RevocationList, dict(realm=REALM, device_id=A, server_id=SERVER, request_nonce=N16, issued_at=T,
+                            complete_since=T - 3900, revoked=((B, T - 5), (A + "-old", T - 60)), signature=SIG),
+     header(10) + id_(REALM) + id_(A) + id_(SERVER) + N16 + u64(T) + u64(T - 3900)
+     + u16(2) + id_(B) + u64(T - 5) + id_(A + "-old") + u64(T - 60) + SIG, 64),
+    (m.PeerConfirm, dict(realm=REALM, initiator=A, responder=B, initiator_nonce=N16, confirm=MAC),
+     header(37) + id_(REALM) + id_(A) + id_(B) + N16 + MAC, 32),
 ]
 MSG_IDS = [c.__name__ for c, *_ in MESSAGES]
 
 
 def test_every_message_type_has_a_vector():
-    """docs/layouts.md#messages lists 14 types; each has a case here."""
-    assert sorted(c.TYPE for c, *_ in MESSAGES) == sorted(m.MESSAGES) == [1, 2, 3, 4, 5, 6, 7, 8, 15, 32, 33, 34, 35, 36]
+    """docs/layouts.md#messages lists 17 types; each has a case here."""
+    assert sorted(c.TYPE for c, *_ in MESSAGES) == sorted(m.MESSAGES) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 32, 33, 34,
+                                                                         35, 36, 37]
 
 
 @pytest.mark.parametrize("cls, fields, built, proof_len", MESSAGES, ids=MSG_IDS)
@@ -708,7 +717,7 @@ def test_renewal_exchange_as_documented(flow):
 
 def test_peer_handshake_and_records_as_documented(flow):
     """docs/layouts.md#peerhello, #sessionrequest, #sessionreply, #session-parts, #peerticket,
-    #peerfinished, #peer-key-schedule, #peer-records: every byte A, B and the service write."""
+    #peerfinished, #peerconfirm, #peer-key-schedule, #peer-records: every byte A, B and the service write."""
     for device in (A, B):
         register(flow, device)
         authenticate(flow, device)
@@ -748,6 +757,15 @@ def test_peer_handshake_and_records_as_documented(flow):
     with pytest.raises(E.BadProofError):
         responder.receive_finished(flipped(fin, len(fin) - 1), T)
     channel_b = responder.receive_finished(fin, T)
+
+    confirm_r = hmac256(okm[0:32], b"responder confirm" + th + finished_i)
+    confirm = header(37) + id_(REALM) + id_(A) + id_(B) + ni + confirm_r
+    assert responder.confirm_bytes == confirm
+    with pytest.raises(E.BadProofError):  # B's confirm changed: A refuses, stays confirming, then takes the right one
+        initiator.receive_confirm(flipped(confirm, len(confirm) - 1))
+    assert initiator.state.value == "confirming"
+    initiator.receive_confirm(confirm)
+    assert initiator.state.value == "established"
 
     sid = okm[152:160]
     assert initiator.channel.session_id == channel_b.session_id == sid
