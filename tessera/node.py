@@ -161,6 +161,7 @@ class Timers:
     old_session_grace: float = 5.0  # keep the previous key for frames in flight after a rekey (plus a handshake's time)
     revocation_poll: float = 30.0  # ask the realm which devices it revoked this often (docs: README, Security)
     max_neighbours: int = 1024  # announced neighbours remembered (least recently heard forgotten first)
+    scan_every: float = 0.5  # how often a timer tick looks through the neighbours for handshakes to start
     max_handshakes: int = 64  # first handshakes we start at once (rekeys of sessions are not counted)
     max_responding: int = 64  # hellos answered at once: each is a RADIUS request and an agent thread
     hello_rate: float = 0.5  # new hellos per second per source MAC and per claimed initiator ...
@@ -173,9 +174,8 @@ MACS_PER_NEIGHBOUR = 4  # MACs that recently announced one device id; a hello go
 @dataclass
 class Neighbour:
     device_id: str
-    macs: Lru  # MAC → last heard, most recent last
+    macs: Lru  # MAC → the epoch last announced from it, most recent last
     last_seen: float
-    epoch: int = 0
 
 
 @dataclass
@@ -230,6 +230,8 @@ class Node:
         self.answered: Lru[tuple[str, bytes], tuple] = Lru(1024)  # ended handshakes: (finished, confirm, resend at) or ()
         self.peer_retry: Lru[str, tuple[float, float]] = Lru(timers.max_neighbours)  # (not before, back-off)
         self.epoch_rekey: Lru[str, float] = Lru(timers.max_neighbours)  # peer → no epoch-driven rekey before
+        self.epoch_rekeys = RateLimit(2.0, 16.0, capacity=1)  # epoch-driven rekeys in all
+        self.next_scan = 0.0  # the neighbour scan runs on timer ticks, at most every scan_every
         self.hello_by_source = RateLimit(timers.hello_rate, timers.hello_burst)
         self.hello_by_peer = RateLimit(timers.hello_rate, timers.hello_burst)
         self.announce_nudge = RateLimit(0.5, 1.0)  # our announce to a sender of records we cannot open (key None: all)
@@ -481,29 +483,34 @@ class Node:
             return
         peer = msg.device_id
         known = self.neighbours.get(peer)
-        restarted = known is not None and known.epoch != msg.epoch
         if known is None:
-            known = Neighbour(peer, Lru(MACS_PER_NEIGHBOUR), t, msg.epoch)
+            known = Neighbour(peer, Lru(MACS_PER_NEIGHBOUR), t)
             self.neighbours.put(peer, known)
             if self.neighbours.evicted == 0:  # under a flood of strangers, one line per stranger is the flood
                 out.append(Log("neighbour", f"{peer} at {src}"))
-        known.epoch, known.last_seen = msg.epoch, t
-        known.macs.put(src, t)
+        known.last_seen = t
+        known.macs.put(src, msg.epoch)
         s = self.sessions.get(peer)
-        if s is not None:  # the session remembers the epoch too: a neighbour entry may be forgotten
-            restarted = restarted or (s.peer_epoch != 0 and s.peer_epoch != msg.epoch)
-            s.peer_epoch = s.peer_epoch or msg.epoch
-        if restarted:
-            self._peer_restarted(peer, t, out)
-        if peer not in self.sessions:
-            self._initiate(peer, t, out)
+        if s is None:
+            if not self._initiate(peer, t, out) and peer not in self.initiating:
+                self.stats["handshakes_deferred"] += 1
+        elif src == s.mac:  # only the epoch said from where the session is counts (the switch binds MACs to ports)
+            if s.peer_epoch == 0:
+                s.peer_epoch = msg.epoch
+            elif s.peer_epoch != msg.epoch:
+                self._peer_restarted(peer, t, out)
 
     def _peer_restarted(self, peer: str, t: float, out: list[Action]) -> None:
-        """A new epoch: the peer may have lost its sessions. Keep ours (the announce proves
-        nothing) and, if ours to start, run a new handshake now, at most once per timeout."""
-        if peer not in self.sessions and peer not in self.initiating:
-            return
+        """A new epoch from the MAC of our session with `peer`: it may have lost its sessions.
+        Keep ours (the announce proves nothing) and, if ours to start, run a new handshake,
+        at most once per handshake timeout per peer and 2 per second in all (each costs the
+        realm a request; one not started now is tried at the peer's next announce, since the
+        session's epoch moves only with a new session)."""
         if self.device_id > peer or t < self.epoch_rekey.get(peer, 0.0):
+            return
+        if peer in self.initiating and not self.initiating[peer].first:
+            return  # a rekey is running already
+        if not self.epoch_rekeys.allow(None, t):
             return
         self.epoch_rekey.put(peer, t + self.timers.handshake_timeout)
         self._abandon(peer, t)
@@ -524,25 +531,29 @@ class Node:
             macs += [mac for mac in reversed(list(n.macs)) if mac not in macs]
         return macs
 
-    def _initiate(self, peer: str, t: float, out: list[Action], rekey: bool = False) -> None:
+    def _initiate(self, peer: str, t: float, out: list[Action], rekey: bool = False) -> bool:
+        """Start our handshake with `peer` if it is ours to start and allowed now: True if started."""
         if self.device_id > peer or peer in self.initiating or peer in self.revoked:
-            return
+            return False
         if self.client.credentials is None or t >= self.client.credentials.not_after:
-            return
+            return False
         if t < self.peer_retry.get(peer, (0.0, 0.0))[0]:
-            return
+            return False
         first = peer not in self.sessions and not rekey
-        if first and sum(1 for h in self.initiating.values() if h.first) >= self.timers.max_handshakes:
-            self.stats["handshakes_deferred"] += 1
-            return  # a flood of announced strangers waits; rekeys of real sessions never do
+        if first and self._first_handshakes() >= self.timers.max_handshakes:
+            return False  # a flood of announced strangers waits; rekeys of real sessions never do
         targets = self._targets(peer)
         if not targets:
-            return
+            return False
         role = PeerInitiator(self.client, peer)
         hello = role.hello(t, self.random(16))
         self.initiating[peer] = Handshake(role, t, t + self.timers.resend_every, first)
         out.append(Log("peer-hello", f"→ {peer}: TGT + authenticator naming {peer}"))
         out.extend(SendFrame(mac, hello) for mac in targets)
+        return True
+
+    def _first_handshakes(self) -> int:
+        return sum(1 for h in self.initiating.values() if h.first)  # ≤ max_handshakes + rekeys of real sessions
 
     def _abandon(self, peer: str, t: float) -> None:
         """Drop our handshake with `peer`; keys it already holds still open records for a grace."""
@@ -648,7 +659,7 @@ class Node:
         self.peer_retry.pop(peer, None)
         s.confirmed = True
         n = self.neighbours.get(peer)
-        s.peer_epoch = n.epoch if n is not None else 0
+        s.peer_epoch = (n.macs.get(s.mac) or 0) if n is not None else 0  # the epoch announced from its MAC
         self.sessions[peer] = s
         self.by_id[s.channel.session_id] = (peer, s)
         verb = "rekeyed" if old else "established"
@@ -745,12 +756,18 @@ class Node:
         if creds is not None and t < creds.not_after and t >= self.next_announce:
             out.append(SendFrame(BROADCAST, self._announce()))
             self.next_announce = t + self.timers.announce_every
-        self._forget_quiet_neighbours(t)
-        if creds is not None and t < creds.not_after:
-            # neighbours heard before we held a TGT (or after a failed try): ours to start
+        if creds is not None and t < creds.not_after and t >= self.next_scan:
+            # neighbours heard before we held a TGT (or after a failed try, or while the first
+            # handshakes were all taken): ours to start. A timer's work, not a frame's: a frame
+            # costs the same whatever the table holds
+            self.next_scan = t + self.timers.scan_every
+            self._forget_quiet_neighbours(t)
+            room = self.timers.max_handshakes - self._first_handshakes()
             for peer in self.neighbours:
+                if room <= 0:
+                    break
                 if peer not in self.sessions and peer not in self.initiating and self.device_id < peer:
-                    self._initiate(peer, t, out)
+                    room -= self._initiate(peer, t, out)
         for peer, hs in list(self.initiating.items()):
             if t - hs.started > self.timers.handshake_timeout:
                 self._abandon(peer, t)
