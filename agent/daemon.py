@@ -236,6 +236,7 @@ class Agent:
         dev = self.client.device_id
         self.watcher = CarrierWatcher([self.ifname])
         self.transport = PacketTransport(self.ifname)
+        self.node.mac = self.transport.mac  # bound into our hellos and tickets
         self.supplicant = Supplicant(self.ifname, self.tls, self.state_dir)
         self.status = StatusSocket(os.path.join(self.state_dir, "agent.sock"), self.request)
         log.info("%s: agent on %s (%s), realm %s, servers %s over %s", dev, self.ifname, self.transport.mac,

@@ -130,15 +130,15 @@ class Stages:
         self.sent: list[tuple[str, str, bytes]] = []  # (from mac, to mac, payload) of a full handshake
         self.build(2, record=True)
 
-    def node(self, client, seed: bytes) -> Node:
-        n = Node(client, Counter(seed))
+    def node(self, client, seed: bytes, mac: str) -> Node:
+        n = Node(client, Counter(seed), mac=mac)
         n.handle(LinkUp(), self.T)
         n.handle(PortAuthorized("tls"), self.T)
         return n
 
     def build(self, stage: int, record: bool = False) -> tuple[Node, Node]:
         T = self.T
-        a, b = self.node(self.w.a, b"node a"), self.node(self.w.b, b"node b")
+        a, b = self.node(self.w.a, b"node a", MAC_A), self.node(self.w.b, b"node b", MAC_B)
         announce_b = m.PeerAnnounce(REALM, B, 7).encode()
         hello = frames_of(a.handle(FrameReceived(MAC_B, announce_b), T), m.PeerHello.TYPE)
         if record:

@@ -79,9 +79,21 @@ class RateLimit:
         self._buckets: Lru[Hashable, tuple[float, float]] = Lru(capacity)
         self.refused = 0
 
-    def allow(self, key: Hashable, now: float) -> bool:
+    def _tokens(self, key: Hashable, now: float) -> float:
         tokens, at = self._buckets.get(key) or (self.burst, now)
-        tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
+        return min(self.burst, tokens + max(0.0, now - at) * self.rate)
+
+    def available(self, key: Hashable, now: float) -> bool:
+        """Whether `allow` would say yes (nothing spent)."""
+        return self._tokens(key, now) >= 1.0
+
+    def spend(self, key: Hashable, now: float) -> None:
+        """Take one token whether or not there is one (the count may go below zero: an
+        allowance spent after the fact, by what was checked with `available`, is still owed)."""
+        self._buckets.put(key, (self._tokens(key, now) - 1.0, now))
+
+    def allow(self, key: Hashable, now: float) -> bool:
+        tokens = self._tokens(key, now)
         if tokens < 1.0:
             self._buckets.put(key, (tokens, now))
             self.refused += 1

@@ -66,6 +66,8 @@ def _pull(r: Reader, kind: str):
         return r.pull_bytes(SIG_LEN)
     if kind == "sid":
         return r.pull_bytes(8)
+    if kind == "hw":
+        return r.pull_bytes(6)
     if kind == "blob":
         return r.pull_vbytes(MAX_BLOB)
     if kind == "rest":
@@ -87,8 +89,8 @@ def _push(w: Writer, kind: str, v) -> None:
         w.push_u16(v)
     elif kind == "u64":
         w.push_u64(v)
-    elif kind in ("nonce", "mac", "sig", "sid"):
-        want = {"nonce": NONCE_LEN, "mac": MAC_LEN, "sig": SIG_LEN, "sid": 8}[kind]
+    elif kind in ("nonce", "mac", "sig", "sid", "hw"):
+        want = {"nonce": NONCE_LEN, "mac": MAC_LEN, "sig": SIG_LEN, "sid": 8, "hw": 6}[kind]
         if len(v) != want:
             raise ValueError(f"{kind} must be {want} bytes")
         w.push_bytes(v)
@@ -221,18 +223,20 @@ class RenewRequest(Message):
 
 @dataclass(repr=False)
 class PeerHello(Message):
-    """A → B: A's TGT and A's authenticator, which names B (claim 17)."""
+    """A → B: A's TGT and A's authenticator, which names B (claim 17) and A's Ethernet address:
+    B answers there, whichever port the hello came through (docs/layouts.md#peerhello)."""
 
     realm: str
     initiator: str
     responder: str
+    initiator_hw: bytes  # A's MAC (6 bytes; zero: not bound, the frame's source is used)
     timestamp: int
     nonce: bytes
     tgt: bytes
     mac: bytes = b"\x00" * MAC_LEN
     TYPE = 32
-    FIELDS = (("realm", "id"), ("initiator", "id"), ("responder", "id"), ("timestamp", "u64"),
-              ("nonce", "nonce"), ("tgt", "blob"), ("mac", "mac"))
+    FIELDS = (("realm", "id"), ("initiator", "id"), ("responder", "id"), ("initiator_hw", "hw"),
+              ("timestamp", "u64"), ("nonce", "nonce"), ("tgt", "blob"), ("mac", "mac"))
     PROOF = "mac"
 
 
@@ -342,20 +346,22 @@ class ErrorMessage(Message):
 
 @dataclass(repr=False)
 class PeerTicket(Message):
-    """B → A: A's part of the shared service ticket and B's finished MAC."""
+    """B → A: A's part of the shared service ticket, B's Ethernet address (under B's finished
+    MAC: A sends there) and B's finished MAC."""
 
     realm: str
     initiator: str
     responder: str
     initiator_nonce: bytes
     responder_nonce: bytes
+    responder_hw: bytes  # B's MAC (6 bytes; zero: not bound)
     not_after: int
     part_initiator: bytes
     finished: bytes = b"\x00" * MAC_LEN
     TYPE = 33
     FIELDS = (("realm", "id"), ("initiator", "id"), ("responder", "id"), ("initiator_nonce", "nonce"),
-              ("responder_nonce", "nonce"), ("not_after", "u64"), ("part_initiator", "blob"),
-              ("finished", "mac"))
+              ("responder_nonce", "nonce"), ("responder_hw", "hw"), ("not_after", "u64"),
+              ("part_initiator", "blob"), ("finished", "mac"))
     PROOF = "finished"
 
 

@@ -46,9 +46,10 @@ from typing import Callable
 from . import message as m
 from .device import DeviceClient, State
 from .errors import (ClockSkewError, NotRegisteredError, RevokedError, StateError, SupersededError, TesseraError,
-                     UnknownDeviceError)
+                     UnknownDeviceError, WrongRealmError)
 from .limits import Lru, RateLimit
-from .peer import Channel, PeerInitiator, PeerResponder, PeerState
+from .identity import check_device_id
+from .peer import NO_HW, Channel, PeerInitiator, PeerResponder, PeerState
 from .record import session_id_of
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -164,8 +165,9 @@ class Timers:
     scan_every: float = 0.5  # how often a timer tick looks through the neighbours for handshakes to start
     max_handshakes: int = 64  # first handshakes we start at once (rekeys of sessions are not counted)
     max_responding: int = 64  # hellos answered at once: each is a RADIUS request and an agent thread
-    hello_rate: float = 0.5  # new hellos per second per source MAC and per claimed initiator ...
+    hello_rate: float = 0.5  # new hellos per second per source MAC and per initiator ...
     hello_burst: float = 4.0  # ... after a burst of this many
+    hello_rate_all: float = 20.0  # new hellos per second in all (after a burst of max_responding)
 
 
 MACS_PER_NEIGHBOUR = 4  # MACs that recently announced one device id; a hello goes to each
@@ -185,6 +187,9 @@ class Session:
     mac: str  # where its authenticated handshake came from: the only MAC its records go to
     initiator: bool = False
     peer_epoch: int = 0  # the peer's announced epoch when it was made (0: not heard yet)
+    rekey_wanted: bool = False  # a new handshake is due (the peer announced a new epoch): retried until one succeeds
+    deadline: float | None = None  # ended then unless a new handshake replaced it (a cut revocation list)
+    retire_on_first: bytes | None = None  # the previous session id, kept until the peer's first record under this one
     confirmed: bool = False  # both sides hold the key: we send under it
     frames_out: int = 0
     frames_in: int = 0
@@ -201,19 +206,39 @@ class Handshake:
     resend_at: float
     first: bool  # no session with that peer: counts against max_handshakes
     pending: Session | None = None
+    resends: int = 0  # resent 1, 2, 4 ... s apart
 
 
 @dataclass
 class Responding:
     role: PeerResponder
-    mac: str
+    mac: str  # A's MAC from its hello (the realm checks the authenticator over it), else the frame's source
     started: float
     resend_at: float = 0.0
+    asking: bool = True  # our session request to the realm is out
+
+
+def hw_of(mac: str | None) -> bytes:
+    """'02:00:5e:10:00:01' → 6 bytes (None → six zero bytes: no MAC bound)."""
+    if mac is None:
+        return NO_HW
+    hw = bytes.fromhex(mac.replace(":", ""))
+    if len(hw) != 6:
+        raise ValueError(f"bad MAC {mac!r}")
+    return hw
+
+
+def mac_of(hw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in hw)
 
 
 class Node:
-    def __init__(self, client: DeviceClient, random: Callable[[int], bytes], timers: Timers = Timers()):
+    def __init__(self, client: DeviceClient, random: Callable[[int], bytes], timers: Timers = Timers(),
+                 mac: str | None = None):
+        """`mac`: this port's Ethernet address, bound into our hellos and tickets (the adapter
+        sets it once it has opened the port: `node.mac = transport.mac`)."""
         self.client = client
+        self.mac = mac
         self.random = random
         self.timers = timers
         self.port = Port.DOWN
@@ -227,13 +252,16 @@ class Node:
         self.retiring: dict[bytes, float] = {}  # session id → stop opening its records at
         self.initiating: dict[str, Handshake] = {}  # by peer
         self.responding: Lru[tuple[str, bytes], Responding] = Lru(timers.max_responding)  # (initiator, nonce)
-        self.answered: Lru[tuple[str, bytes], tuple] = Lru(1024)  # ended handshakes: (finished, confirm, resend at) or ()
+        self.answered: Lru[tuple[str, bytes], list] = Lru(1024)  # done: [finished, confirm, MAC, resend at]
+        self.refused: Lru[tuple[str, bytes], None] = Lru(1024)  # hellos the realm refused or that timed out
         self.peer_retry: Lru[str, tuple[float, float]] = Lru(timers.max_neighbours)  # (not before, back-off)
         self.epoch_rekey: Lru[str, float] = Lru(timers.max_neighbours)  # peer → no epoch-driven rekey before
         self.epoch_rekeys = RateLimit(2.0, 16.0, capacity=1)  # epoch-driven rekeys in all
+        self.moved_backoff: Lru[str, tuple[float, float]] = Lru(timers.max_neighbours)  # see _epoch_elsewhere
         self.next_scan = 0.0  # the neighbour scan runs on timer ticks, at most every scan_every
         self.hello_by_source = RateLimit(timers.hello_rate, timers.hello_burst)
-        self.hello_by_peer = RateLimit(timers.hello_rate, timers.hello_burst)
+        self.hello_by_peer = RateLimit(timers.hello_rate, timers.hello_burst)  # spent only by hellos the realm accepted
+        self.hello_all = RateLimit(timers.hello_rate_all, timers.max_responding, capacity=1)
         self.announce_nudge = RateLimit(0.5, 1.0)  # our announce to a sender of records we cannot open (key None: all)
         self.revoked: set[str] = set()  # from the realm's last signed revocation list
         self.next_revocation_poll = 0.0
@@ -306,6 +334,7 @@ class Node:
         self.initiating.clear()
         self.responding.clear()
         self.answered.clear()
+        self.refused.clear()
         self.neighbours.clear()
         self.peer_retry.clear()
         self.ops = {k: v for k, v in self.ops.items() if v[0] not in ("session",)}
@@ -410,8 +439,10 @@ class Node:
             entry = self.responding.get(ctx)
             if entry is None:
                 return  # the handshake was dropped meanwhile (link down, timeout)
-            ticket = entry.role.receive_session_reply(reply, t)
+            entry.asking = False
+            ticket = entry.role.receive_session_reply(reply, t, hw_of(self.mac))
             if out is not None:
+                self.hello_by_peer.spend(ctx[0], t)  # the realm accepted this initiator's hello
                 entry.resend_at = t + self.timers.resend_every / 2
                 out.append(SendFrame(entry.mac, ticket))
         elif kind == "revocations":
@@ -433,11 +464,11 @@ class Node:
                 self.client.state = State.ENROLLED
             out.append(Log(f"{kind}-failed", f"{exc}; retry in {self.retry_at - t:.0f} s"))
         elif kind == "session":
-            entry = self.responding.pop(ctx, None)
-            self.answered.put(ctx, ())  # a repeat of that hello asks the realm nothing more
+            # no error frame back: its address is the hello's, which the realm just refused, and
+            # the initiator changes nothing on an unauthenticated frame anyway (it times out)
+            self.responding.pop(ctx, None)
+            self.refused.put(ctx, None)  # a repeat of that hello asks the realm nothing more
             self.stats["handshakes_failed"] += 1
-            if entry is not None:
-                out.append(SendFrame(entry.mac, m.ErrorMessage(exc.code, 0, str(exc)[:200]).encode()))
             out.append(Log("session-failed", f"with {ctx[0]}: {exc}"))
         elif kind == "revocations":
             out.append(Log("revocations-failed", f"{exc}; next try in {self.timers.revocation_poll:.0f} s"))
@@ -453,6 +484,12 @@ class Node:
         try:
             msg = m.decode(payload, (m.PeerAnnounce, m.PeerHello, m.PeerTicket, m.PeerFinished, m.PeerConfirm,
                                      m.ErrorMessage))
+            if not isinstance(msg, m.ErrorMessage):  # ids go into logs and tables: only well-formed ones
+                if msg.realm != self.client.realm:
+                    raise WrongRealmError("a frame of another realm")
+                for name in ("device_id", "initiator", "responder"):
+                    if hasattr(msg, name):
+                        check_device_id(getattr(msg, name))
             if isinstance(msg, m.PeerAnnounce):
                 self._announce_from(msg, ev.src, t, out)
             elif isinstance(msg, m.PeerHello):
@@ -479,7 +516,7 @@ class Node:
     def _announce_from(self, msg: m.PeerAnnounce, src: str, t: float, out: list[Action]) -> None:
         """A hint, never authenticated: it may add a neighbour (bounded, least recently heard
         forgotten first) and start a handshake, never end or redirect a session."""
-        if msg.realm != self.client.realm or msg.device_id == self.device_id or msg.device_id in self.revoked:
+        if msg.device_id == self.device_id or msg.device_id in self.revoked:
             return
         peer = msg.device_id
         known = self.neighbours.get(peer)
@@ -494,11 +531,13 @@ class Node:
         if s is None:
             if not self._initiate(peer, t, out) and peer not in self.initiating:
                 self.stats["handshakes_deferred"] += 1
-        elif src == s.mac:  # only the epoch said from where the session is counts (the switch binds MACs to ports)
-            if s.peer_epoch == 0:
-                s.peer_epoch = msg.epoch
-            elif s.peer_epoch != msg.epoch:
+        elif s.peer_epoch == 0 and src == s.mac:
+            s.peer_epoch = msg.epoch
+        elif s.peer_epoch != msg.epoch:
+            if src == s.mac:  # said from where the session is (the switch binds MACs to ports)
                 self._peer_restarted(peer, t, out)
+            else:
+                self._epoch_elsewhere(peer, s, t, out)
 
     def _peer_restarted(self, peer: str, t: float, out: list[Action]) -> None:
         """A new epoch from the MAC of our session with `peer`: it may have lost its sessions.
@@ -515,8 +554,23 @@ class Node:
         self.epoch_rekey.put(peer, t + self.timers.handshake_timeout)
         self._abandon(peer, t)
         self.peer_retry.pop(peer, None)
+        self.sessions[peer].rekey_wanted = True  # retried with back-off until a new session stands
         out.append(Log("peer-restarted", f"{peer} announces a new epoch: new handshake"))
         self._initiate(peer, t, out, rekey=True)
+
+    def _epoch_elsewhere(self, peer: str, s: Session, t: float, out: list[Action]) -> None:
+        """A new epoch for `peer` from a MAC that is not its session's: the peer may have
+        restarted on another port or address -- or someone else says so. Rekey (only the real
+        peer can answer, and the new session's MAC is the one its handshake binds), but with a
+        back-off per peer that doubles from one handshake timeout to 10 min and starts over
+        only when a handshake really moved the session: what a stranger can make a pair cost
+        the realm decays to one request per 10 min."""
+        not_before, interval = self.moved_backoff.get(peer) or (0.0, self.timers.handshake_timeout / 2)
+        if self.device_id > peer or t < not_before:
+            return
+        interval = min(interval * 2, 600.0)
+        self.moved_backoff.put(peer, (t + interval, interval))
+        self._peer_restarted(peer, t, out)
 
     def _targets(self, peer: str) -> list[str]:
         """Where a hello for `peer` goes: the MAC its current session came from and every MAC
@@ -546,7 +600,7 @@ class Node:
         if not targets:
             return False
         role = PeerInitiator(self.client, peer)
-        hello = role.hello(t, self.random(16))
+        hello = role.hello(t, self.random(16), hw_of(self.mac))
         self.initiating[peer] = Handshake(role, t, t + self.timers.resend_every, first)
         out.append(Log("peer-hello", f"→ {peer}: TGT + authenticator naming {peer}"))
         out.extend(SendFrame(mac, hello) for mac in targets)
@@ -570,9 +624,9 @@ class Node:
         if entry is not None:
             if entry.role.state is PeerState.TICKET_SENT and t >= entry.resend_at:
                 entry.resend_at = t + self.timers.resend_every / 2
-                out.append(SendFrame(src, entry.role.ticket_bytes))
+                out.append(SendFrame(entry.mac, entry.role.ticket_bytes))  # to A's MAC, whoever repeated it
             return
-        if key in self.answered:
+        if key in self.answered or key in self.refused:
             return  # that handshake ended (its PeerFinished came) or failed: nothing more to say
         if msg.initiator in self.revoked:
             raise RevokedError(f"hello from {msg.initiator}, which the realm revoked")
@@ -584,13 +638,17 @@ class Node:
         if sum(1 for (i, _) in self.responding if i == msg.initiator) >= 2:
             self.stats["hellos_limited"] += 1
             raise StateError(f"two handshakes with {msg.initiator} open already")
-        s = self.sessions.get(msg.initiator)
-        from_session_mac = s is not None and s.mac == src  # a rekey from where the session is: a stranger
-        # claiming that initiator's id from elsewhere cannot spend its allowance
-        if not self.hello_by_source.allow(src, t) or not (from_session_mac or self.hello_by_peer.allow(msg.initiator, t)):
+        # the initiator's allowance is checked here and spent only when the realm accepts its
+        # hello (a forgery naming A cannot use up A's); forgeries spend their source's and the total
+        if not self.hello_by_peer.available(msg.initiator, t):
             self.stats["hellos_limited"] += 1
-            raise StateError(f"hellos from {src} / {msg.initiator} over their rate")
-        self.responding.put(key, Responding(role, src, t))
+            raise StateError(f"hellos from {msg.initiator} over their rate")
+        s = self.sessions.get(msg.initiator)
+        rekey = s is not None and s.mac == src  # from our session's (authenticated) MAC: not in the total
+        if not self.hello_by_source.allow(src, t) or not (rekey or self.hello_all.allow(None, t)):
+            self.stats["hellos_limited"] += 1
+            raise StateError(f"hellos from {src} (or in all) over their rate")
+        self.responding.put(key, Responding(role, mac_of(msg.initiator_hw) if any(msg.initiator_hw) else src, t))
         out.append(Log("peer-hello", f"← {msg.initiator}: asking the realm for a session key"))
         self._request("session", lambda sid: role.session_request(sid, t, self.random(16)), key, out)
 
@@ -605,28 +663,30 @@ class Node:
                 out.append(SendFrame(hs.pending.mac, role.finished_bytes))
             return
         fin = role.receive_ticket(raw, t)
-        s = Session(role.channel, t, src, initiator=True)
-        hs.pending, hs.resend_at = s, t + self.timers.resend_every
+        mac = mac_of(role.responder_hw) if any(role.responder_hw) else src  # B's, under B's finished MAC
+        s = Session(role.channel, t, mac, initiator=True)
+        hs.pending, hs.resend_at, hs.resends = s, t + self.timers.resend_every, 0
         self.by_id[role.channel.session_id] = (msg.responder, s)  # B's records open from now on
-        out.append(SendFrame(src, fin))
+        out.append(SendFrame(mac, fin))
 
     def _peer_finished(self, msg: m.PeerFinished, src: str, raw: bytes, t: float, out: list[Action]) -> None:
         key = (msg.initiator, msg.initiator_nonce)
         done = self.answered.get(key)
-        if done:  # A did not get our confirm: the same one again (its finished, byte for byte)
-            finished, confirm, resend_at = done
+        if done is not None:  # A did not get our confirm: the same one again (its finished, byte for byte)
+            finished, confirm, mac, resend_at = done
             if raw == finished and t >= resend_at:
-                self.answered.put(key, (finished, confirm, t + self.timers.resend_every / 2))
-                out.append(SendFrame(src, confirm))
+                done[3] = t + self.timers.resend_every / 2
+                out.append(SendFrame(mac, confirm))
             return
         entry = self.responding.get(key)
         if entry is None or entry.role.state is not PeerState.TICKET_SENT:
             raise StateError(f"no handshake with {msg.initiator}")
         channel = entry.role.receive_finished(raw, t)
         self.responding.pop(key)
-        self.answered.put(key, (entry.role.finished_bytes, entry.role.confirm_bytes, t + self.timers.resend_every / 2))
-        out.append(SendFrame(src, entry.role.confirm_bytes))
-        self._established(msg.initiator, Session(channel, t, src, initiator=False), t, out)
+        self.answered.put(key, [entry.role.finished_bytes, entry.role.confirm_bytes, entry.mac,
+                                t + self.timers.resend_every / 2])
+        out.append(SendFrame(entry.mac, entry.role.confirm_bytes))
+        self._established(msg.initiator, Session(channel, t, entry.mac, initiator=False), t, out)
 
     def _peer_confirm(self, msg: m.PeerConfirm, src: str, raw: bytes, t: float, out: list[Action]) -> None:
         hs = self.initiating.get(msg.responder)
@@ -650,11 +710,18 @@ class Node:
         out.append(Log("session-failed", f"{why}; next try in {backoff:.0f} s"))
 
     def _established(self, peer: str, s: Session, t: float, out: list[Action]) -> None:
+        if peer in self.revoked:  # a handshake that was under way when the list came
+            self._end_sessions(peer)
+            return
         old = self.sessions.get(peer)
         if old is not None and old is not s:
-            # the peer may still send under the old key until it holds our confirm (or, as the
-            # initiator, until it sees ours): keep it for a handshake's time and a grace
-            self.retiring[old.channel.session_id] = t + self.timers.handshake_timeout + self.timers.old_session_grace
+            if s.initiator:  # B switched before it confirmed: its records in flight, a grace
+                self.retiring[old.channel.session_id] = t + self.timers.old_session_grace
+            else:  # A sends under the old key until it has our confirm: keep it until A's first new record
+                self.retiring[old.channel.session_id] = old.channel.not_after
+                s.retire_on_first = old.channel.session_id
+            if old.mac != s.mac:  # a handshake really moved the peer: its back-off starts over
+                self.moved_backoff.pop(peer)
         self.retiring.pop(s.channel.session_id, None)
         self.peer_retry.pop(peer, None)
         s.confirmed = True
@@ -676,6 +743,9 @@ class Node:
                 # flood of records from forged MACs must not become a flood of announces)
                 out.append(SendFrame(src, self._announce()))
             return
+        if peer in self.revoked:
+            self.stats["frames_dropped"] += 1
+            return
         try:
             data = s.channel.open(frame)
         except TesseraError as exc:
@@ -692,6 +762,9 @@ class Node:
             if hs is not None and hs.pending is s:
                 del self.initiating[peer]
             self._established(peer, s, t, out)
+        if s.retire_on_first is not None and self.sessions.get(peer) is s:
+            self.retiring[s.retire_on_first] = t + self.timers.old_session_grace  # A has switched
+            s.retire_on_first = None
         s.frames_in += 1
         out.append(Deliver(peer, data))
 
@@ -712,15 +785,19 @@ class Node:
         its hellos, and (a list cut at its size) renegotiate every session older than what it
         covers: the realm refuses the revoked, the rest rekey."""
         self.revoked = {device_id for device_id, _ in listing.revoked if device_id != self.device_id}
-        for peer in list(self.sessions):
-            s = self.sessions[peer]
-            if peer in self.revoked or s.established_at < listing.complete_since:
-                self._end_sessions(peer)
-                why = "revoked by the realm" if peer in self.revoked else "older than the revocation list covers"
-                out.append(Log("session-ended", f"with {peer}: {why}"))
-        for peer in list(self.initiating):
+        covered = listing.issued_at - listing.complete_since  # seconds back the list is complete, server-clock free
+        for peer in set(self.sessions) | set(self.initiating) | {p for p, _ in self.by_id.values()}:
             if peer in self.revoked:
-                self._abandon(peer, t)
+                self._end_sessions(peer)
+                out.append(Log("session-ended", f"with {peer}: revoked by the realm"))
+        for peer, s in self.sessions.items():
+            if t - s.established_at > covered and s.deadline is None:
+                # the list was cut: a revocation older than it covers may concern this peer.
+                # Renegotiate through the realm (which refuses the revoked); end it if no new
+                # handshake replaced it within two handshake timeouts
+                s.deadline = t + 2 * self.timers.handshake_timeout
+                s.rekey_wanted = self.device_id < peer
+                out.append(Log("session-recheck", f"with {peer}: older than the revocation list covers, renegotiating"))
         for key in list(self.responding):
             if key[0] in self.revoked:
                 self.responding.pop(key)
@@ -734,10 +811,7 @@ class Node:
             if p == peer:
                 del self.by_id[sid]
                 self.retiring.pop(sid, None)
-        hs = self.initiating.get(peer)
-        if hs is not None:
-            hs.pending = None
-            del self.initiating[peer]
+        self.initiating.pop(peer, None)
 
     # -- timers ----------------------------------------------------------------------------
     def _tick(self, t: float, out: list[Action]) -> None:
@@ -774,21 +848,25 @@ class Node:
                 state = "confirm" if hs.pending is not None else "hello"
                 self._handshake_failed(peer, t, out, f"{peer}: no answer to the {state}")
             elif t >= hs.resend_at:
-                hs.resend_at = t + self.timers.resend_every
+                hs.resends += 1
+                hs.resend_at = t + self.timers.resend_every * 2 ** hs.resends
                 if hs.pending is not None:
                     out.append(SendFrame(hs.pending.mac, hs.role.finished_bytes))
                 else:
                     out.extend(SendFrame(mac, hs.role.hello_bytes) for mac in self._targets(peer))
         for key, entry in self.responding.items():
-            if t - entry.started > self.timers.handshake_timeout and not any(c == key for k, c in self.ops.values() if k == "session"):
+            if t - entry.started > self.timers.handshake_timeout and not entry.asking:
                 self.responding.pop(key)
-                self.answered.put(key, None)  # its repeats ask for nothing more
+                self.refused.put(key, None)  # its repeats ask for nothing more
         for peer, s in list(self.sessions.items()):
             if s.channel.expired(t):
                 self._end_sessions(peer)
                 out.append(Log("session-expired", f"with {peer}"))
-            elif (s.channel.not_after - t < min(self.timers.rekey_before, (s.channel.not_after - s.established_at) / 4)
-                  and self.device_id < peer):
+            elif s.deadline is not None and t >= s.deadline:
+                self._end_sessions(peer)
+                out.append(Log("session-ended", f"with {peer}: not renegotiated in time"))
+            elif self.device_id < peer and (s.rekey_wanted or s.channel.not_after - t < min(
+                    self.timers.rekey_before, (s.channel.not_after - s.established_at) / 4)):
                 self._initiate(peer, t, out, rekey=True)
         for sid, until in list(self.retiring.items()):
             if t >= until:

@@ -65,6 +65,7 @@ RESPONDER: dict[tuple[PeerState, str], PeerState] = {
     (P.TICKET_SENT, "peer_finished"): P.ESTABLISHED,
 }
 FINISHED_I, FINISHED_R, CONFIRM_R = b"initiator finished", b"responder finished", b"responder confirm"
+NO_HW = bytes(6)  # a hello or ticket that binds no MAC (the node always binds its own)
 
 
 @dataclass
@@ -149,10 +150,11 @@ class PeerInitiator(_Role):
         self.state = P.START
         self.channel: Channel | None = None
 
-    def hello(self, now: float, nonce: bytes) -> bytes:
+    def hello(self, now: float, nonce: bytes, hw: bytes = NO_HW) -> bytes:
+        """The hello; `hw`: our MAC, which B answers to (under the authenticator the realm checks)."""
         creds = self.client.tgt_for_peering(now)
         self._step("hello")
-        msg = m.PeerHello(self.client.realm, self.client.device_id, self.responder, int(now), nonce, creds.tgt)
+        msg = m.PeerHello(self.client.realm, self.client.device_id, self.responder, hw, int(now), nonce, creds.tgt)
         msg.mac = kdf.mac(kdf.derive(creds.stk, kdf.PEER_AUTHENTICATOR), msg.body())
         self._creds, self._hello = creds, msg
         self._hello_bytes = self.hello_bytes = msg.encode()  # the same bytes again on a resend
@@ -183,6 +185,7 @@ class PeerInitiator(_Role):
         fin.finished = kdf.mac(keys.finished_initiator, FINISHED_I + keys.transcript + msg.finished)
         self.channel = Channel(self.responder, keys, True, not_after)
         self._keys, self.ticket_bytes, self.finished_bytes = keys, bytes(data), fin.encode()
+        self.responder_hw = msg.responder_hw  # B's MAC, under B's finished MAC
         return self.finished_bytes
 
     def receive_confirm(self, data: bytes) -> None:
@@ -221,6 +224,7 @@ class PeerResponder(_Role):
         self._step("peer_hello")
         self._hello, self._hello_bytes = hello, bytes(data)
         self.initiator = hello.initiator
+        self.initiator_hw = hello.initiator_hw  # A's MAC as A's authenticator covers it (the realm checks it)
 
     def session_request(self, server_id: str, now: float, nonce: bytes) -> bytes:
         """B's request to one server (call again with a new nonce to fail over)."""
@@ -232,8 +236,9 @@ class PeerResponder(_Role):
         self._creds, self._request = creds, req
         return req.encode()
 
-    def receive_session_reply(self, data: bytes, now: float) -> bytes:
-        """Open B's part of the shared service ticket; returns the PeerTicket frame for A."""
+    def receive_session_reply(self, data: bytes, now: float, hw: bytes = NO_HW) -> bytes:
+        """Open B's part of the shared service ticket; returns the PeerTicket frame for A
+        (`hw`: our MAC, which A sends to, under our finished MAC)."""
         msg = m.decode(data, (m.SessionReply, m.ErrorMessage))
         if isinstance(msg, m.ErrorMessage):
             exc = from_code(msg.code, msg.detail)
@@ -248,7 +253,7 @@ class PeerResponder(_Role):
         if nr != req.nonce or not_after != msg.not_after:
             raise BadProofError("session reply fields differ from the sealed part")
         self._step("session_reply")
-        ticket = m.PeerTicket(h.realm, h.initiator, req.device_id, h.nonce, req.nonce, not_after, msg.part_initiator)
+        ticket = m.PeerTicket(h.realm, h.initiator, req.device_id, h.nonce, req.nonce, hw, not_after, msg.part_initiator)
         self._keys = key_schedule(key, self._hello_bytes, ticket.body())
         ticket.finished = kdf.mac(self._keys.finished_responder, FINISHED_R + self._keys.transcript)
         self._ticket, self._not_after = ticket, not_after

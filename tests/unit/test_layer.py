@@ -14,7 +14,7 @@ def frame(payload: bytes) -> Ether:
 def test_layer_dissects_core_frames():
     a = frame(m.PeerAnnounce("example.net", "SN-1", 7).encode())
     assert a[TesseraAnnounce].device_id == b"SN-1" and a[TesseraAnnounce].epoch == 7
-    h = frame(m.PeerHello("example.net", "SN-1", "SN-2", 5, b"n" * 16, b"t" * 100, b"m" * 32).encode())
+    h = frame(m.PeerHello("example.net", "SN-1", "SN-2", b"\x02" * 6, 5, b"n" * 16, b"t" * 100, b"m" * 32).encode())
     assert (h[TesseraHello].initiator, h[TesseraHello].responder) == (b"SN-1", b"SN-2")
     d = frame(RecordSender(b"S" * 8, b"k" * 32, b"i" * 12).seal(b"data"))
     assert d[Tessera].type == m.PeerData.TYPE and d[TesseraData].seq == 1 and d[TesseraData].session_id == b"S" * 8

@@ -36,9 +36,10 @@ class Net:
         return self.now + self.clock.get(dev, 0.0)
 
     def add(self, device_id: str, how: str = "key") -> Node:
-        node = Node(make_device(self.realm, device_id, how), self.rand, Timers(rekey_before=300))
+        mac = "02:00:00:00:00:%02x" % (len(self.nodes) + 1)
+        node = Node(make_device(self.realm, device_id, how), self.rand, Timers(rekey_before=300), mac=mac)
         self.nodes[device_id] = node
-        self.macs[device_id] = "02:00:00:00:00:%02x" % len(self.nodes)
+        self.macs[device_id] = mac
         self.link[device_id] = False
         return node
 

@@ -359,6 +359,7 @@ SIG = bytes(range(64))
 MAC = bytes(range(100, 132))
 NR = bytes(range(16, 32))
 DRT_BLOB, TGT_BLOB, PART = b"\xd1" * 103, b"\xe1" * 111, b"\xe2" * 76
+HW_A, HW_B = bytes.fromhex("02005e100001"), bytes.fromhex("02005e100002")  # Ethernet addresses, 6 bytes
 MESSAGES = [
     (m.RegisterRequest, dict(realm=REALM, device_id=A, server_id=SERVER, timestamp=T, nonce=N16, signature=SIG),
      header(1) + id_(REALM) + id_(A) + id_(SERVER) + u64(T) + N16 + SIG, 64),
@@ -381,11 +382,12 @@ MESSAGES = [
      header(8) + id_(REALM) + id_(A) + id_(SERVER) + N16 + u16(8) + u64(T) + str_(f"device {A} is revoked") + SIG, 64),
     (m.ErrorMessage, dict(code=8, server_time=T, detail=f"device {A} is revoked"),
      header(15) + u16(8) + u64(T) + str_(f"device {A} is revoked"), 0),
-    (m.PeerHello, dict(realm=REALM, initiator=A, responder=B, timestamp=T, nonce=N16, tgt=TGT_BLOB, mac=MAC),
-     header(32) + id_(REALM) + id_(A) + id_(B) + u64(T) + N16 + blob(TGT_BLOB) + MAC, 32),
-    (m.PeerTicket, dict(realm=REALM, initiator=A, responder=B, initiator_nonce=N16, responder_nonce=NR, not_after=T + 600,
-                        part_initiator=b"\xa2" * 126, finished=MAC),
-     header(33) + id_(REALM) + id_(A) + id_(B) + N16 + NR + u64(T + 600) + blob(b"\xa2" * 126) + MAC, 32),
+    (m.PeerHello, dict(realm=REALM, initiator=A, responder=B, initiator_hw=HW_A, timestamp=T, nonce=N16, tgt=TGT_BLOB,
+                       mac=MAC),
+     header(32) + id_(REALM) + id_(A) + id_(B) + HW_A + u64(T) + N16 + blob(TGT_BLOB) + MAC, 32),
+    (m.PeerTicket, dict(realm=REALM, initiator=A, responder=B, initiator_nonce=N16, responder_nonce=NR, responder_hw=HW_B,
+                        not_after=T + 600, part_initiator=b"\xa2" * 126, finished=MAC),
+     header(33) + id_(REALM) + id_(A) + id_(B) + N16 + NR + HW_B + u64(T + 600) + blob(b"\xa2" * 126) + MAC, 32),
     (m.PeerFinished, dict(realm=REALM, initiator=A, responder=B, initiator_nonce=N16, finished=MAC),
      header(34) + id_(REALM) + id_(A) + id_(B) + N16 + MAC, 32),
     (m.PeerData, dict(session_id=bytes(range(8)), seq=0x0102030405, sealed=b"\x98" * 20),
@@ -725,10 +727,10 @@ def test_peer_handshake_and_records_as_documented(flow):
     tgt_a, tgt_b = expected_tgt(A), expected_tgt(B)
     ni, nr, session_key, nonce_r, nonce_i = N16, NR, bytes(range(0x33, 0x53)), b"\x0b" * 12, b"\x0c" * 12
 
-    hello_body = header(32) + id_(REALM) + id_(A) + id_(B) + u64(T) + ni + blob(tgt_a)
+    hello_body = header(32) + id_(REALM) + id_(A) + id_(B) + HW_A + u64(T) + ni + blob(tgt_a)
     hello = hello_body + hmac256(hkdf(stk_a, b"peer authenticator"), hello_body)
     initiator = PeerInitiator(flow.devices[A], B)
-    assert initiator.hello(T, ni) == hello
+    assert initiator.hello(T, ni, HW_A) == hello
 
     responder = PeerResponder(flow.devices[B])
     responder.receive_hello(hello, T)
@@ -743,11 +745,11 @@ def test_peer_handshake_and_records_as_documented(flow):
     reply = header(7) + id_(REALM) + id_(A) + id_(B) + ni + nr + u64(not_after) + blob(part_r) + blob(part_i)
     assert flow.answer(request, T, session_key, nonce_r, nonce_i) == reply
 
-    ticket_body = header(33) + id_(REALM) + id_(A) + id_(B) + ni + nr + u64(not_after) + blob(part_i)
+    ticket_body = header(33) + id_(REALM) + id_(A) + id_(B) + ni + nr + HW_B + u64(not_after) + blob(part_i)
     th = hashlib.sha256(u32(len(hello)) + hello + u32(len(ticket_body)) + ticket_body).digest()
     okm = HKDF(hashes.SHA256(), 160, th, b"tessera v1 peer keys\x00").derive(session_key)
     finished_r = hmac256(okm[0:32], b"responder finished" + th)
-    assert responder.receive_session_reply(reply, T) == ticket_body + finished_r
+    assert responder.receive_session_reply(reply, T, HW_B) == ticket_body + finished_r
 
     finished_i = hmac256(okm[32:64], b"initiator finished" + th + finished_r)
     fin = header(34) + id_(REALM) + id_(A) + id_(B) + ni + finished_i
