@@ -10,8 +10,9 @@ MAC, which the switch forwards like any frame of an authorized device. Afterward
 session, and the MAC each side sends it to, are those of before; messages flow both ways; B
 asked the realm about forged hellos at most as often as its rate limit allows; the neighbour
 tables stayed within their bound; the agents kept their PIDs. Announces naming B with a new
-epoch each, from X's MAC, do not even start a rekey: only an epoch announced from the MAC the
-session's handshake came from does (which the switch lets only B send).
+epoch each, from X's MAC, make A rekey with the real B (an authenticated handshake: B might
+have come back on another MAC) on a back-off doubling from one handshake timeout: the session
+never ends and never moves to X's MAC.
 
 Revocation reaches the peers: after ``tessera-admin revoke --no-disconnect`` the revoked
 device's port stays open, so its frames still reach its peers and what stops them is the
@@ -200,12 +201,12 @@ def test_wire_insider_frames_do_not_steer_sessions(lab):
         talk(rl, a, b, "a->b after the announces")
         talk(rl, b, a, "b->a after the announces")
 
-        # a burst of forged hellos naming A as initiator, to B: each one B lets through costs a
-        # RADIUS request (the realm refuses it); the rest are over the rate
+        # a burst of forged hellos naming A as initiator, to B, all from X's MAC: each one B lets
+        # through costs a RADIUS request (the realm refuses it); the rest are over X's rate
         st_b, at = status(rl, b), log_size(b)
         asked = "dev-02 peer-hello: ← dev-01: asking the realm for a session key"
-        hellos = [m.PeerHello(realm, "dev-01", "dev-02", int(time.time()), os.urandom(16), os.urandom(200),
-                              os.urandom(32)).encode() for _ in range(300)]
+        hellos = [m.PeerHello(realm, "dev-01", "dev-02", os.urandom(6), int(time.time()), os.urandom(16),
+                              os.urandom(200), os.urandom(32)).encode() for _ in range(300)]
         t0 = time.monotonic()
         for h in hellos:
             inject.send(b.dev.mac, h)
@@ -230,7 +231,7 @@ def test_wire_insider_frames_do_not_steer_sessions(lab):
         assert session(status(rl, b), "dev-01") == (sid, a.dev.mac)
 
         # announces naming B with a new epoch each, from X's MAC: the session never ends, its MAC
-        # never moves, and A does not rekey (only B's own MAC may announce B's new epoch)
+        # never moves, and A rekeys with the real B on a back-off doubling from 10 s
         at_a = log_size(a)
         ids = {sid}
         t0 = time.monotonic()
@@ -256,7 +257,12 @@ def test_wire_insider_frames_do_not_steer_sessions(lab):
         print(f"{epoch - 1} announces naming dev-02 with new epochs over {attack:.1f} s: A rekeyed with B "
               f"{rekeys} times ({len(ids)} session ids), the session's MAC stayed {b.dev.mac}")
         assert final == (final[0], b.dev.mac) and session(status(rl, b), "dev-01")[1] == a.dev.mac
-        assert rekeys == 0 and ids == {sid}
+        schedule, at, step = [], 0.0, TIMERS.handshake_timeout  # when the back-off lets a rekey start
+        while at <= attack + 1:
+            schedule.append(at)
+            at, step = at + step, min(step * 2, 600.0)
+        assert 1 <= rekeys <= len(schedule), (rekeys, schedule)
+        assert len(ids) <= rekeys + 1
     finally:
         inject.close()
     talk(rl, a, b, "a->b at the end")

@@ -189,7 +189,7 @@ class Session:
     peer_epoch: int = 0  # the peer's announced epoch when it was made (0: not heard yet)
     rekey_wanted: bool = False  # a new handshake is due (the peer announced a new epoch): retried until one succeeds
     deadline: float | None = None  # ended then unless a new handshake replaced it (a cut revocation list)
-    retire_on_first: bytes | None = None  # the previous session id, kept until the peer's first record under this one
+    retire_on_first: bool = False  # older keys with this peer are kept until its first record under this one
     confirmed: bool = False  # both sides hold the key: we send under it
     frames_out: int = 0
     frames_in: int = 0
@@ -719,7 +719,7 @@ class Node:
                 self.retiring[old.channel.session_id] = t + self.timers.old_session_grace
             else:  # A sends under the old key until it has our confirm: keep it until A's first new record
                 self.retiring[old.channel.session_id] = old.channel.not_after
-                s.retire_on_first = old.channel.session_id
+                s.retire_on_first = True
             if old.mac != s.mac:  # a handshake really moved the peer: its back-off starts over
                 self.moved_backoff.pop(peer)
         self.retiring.pop(s.channel.session_id, None)
@@ -762,9 +762,11 @@ class Node:
             if hs is not None and hs.pending is s:
                 del self.initiating[peer]
             self._established(peer, s, t, out)
-        if s.retire_on_first is not None and self.sessions.get(peer) is s:
-            self.retiring[s.retire_on_first] = t + self.timers.old_session_grace  # A has switched
-            s.retire_on_first = None
+        if s.retire_on_first and self.sessions.get(peer) is s:  # A has switched: its older keys go after a grace
+            s.retire_on_first = False
+            for sid, (p, older) in self.by_id.items():
+                if p == peer and older is not s:
+                    self.retiring[sid] = min(self.retiring.get(sid, math.inf), t + self.timers.old_session_grace)
         s.frames_in += 1
         out.append(Deliver(peer, data))
 
@@ -795,8 +797,10 @@ class Node:
                 # the list was cut: a revocation older than it covers may concern this peer.
                 # Renegotiate through the realm (which refuses the revoked); end it if no new
                 # handshake replaced it within two handshake timeouts
-                s.deadline = t + 2 * self.timers.handshake_timeout
-                s.rekey_wanted = self.device_id < peer
+                # the side that waits for the other's rekey allows for the other's poll coming later
+                ours = self.device_id < peer
+                s.deadline = t + 2 * self.timers.handshake_timeout + (0 if ours else self.timers.revocation_poll)
+                s.rekey_wanted = ours
                 out.append(Log("session-recheck", f"with {peer}: older than the revocation list covers, renegotiating"))
         for key in list(self.responding):
             if key[0] in self.revoked:

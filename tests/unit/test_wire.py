@@ -9,14 +9,17 @@ enrolled neighbour would build them; the frame types are those of docs/layouts.m
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from tessera import errors as E, message as m
 from tessera.identity import DeviceKey
-from tessera.node import FrameReceived, Node, RadiusAnswer, RadiusFailed, RadiusRequest, SendFrame
+from tessera.node import FrameReceived, Log, Node, RadiusAnswer, RadiusFailed, RadiusRequest, SendFrame
 from tessera.peer import PeerInitiator, PeerState
 from tessera.record import session_id_of
 from tessera.service import REVOCATIONS_CONTEXT
+from tests.unit.conftest import admit, make_device
 from tests.unit.test_node import net  # noqa: F401 (the fixture)
 
 HELLO, TICKET, FINISHED, DATA, CONFIRM = 32, 33, 34, 35, 37  # frame types: docs/layouts.md#messages
@@ -476,3 +479,438 @@ def test_forged_revocation_answers_change_nothing(net, service):
         assert both_ways(net, "SN-A", "SN-C")
     until(net, lambda: len(polls) == 4, a.timers.revocation_poll + 1)
     assert a.revoked == {"SN-C"} and "SN-C" not in a.sessions
+
+
+# -- break-this regressions (each names the finding it answers) ------------------------------------
+def hw(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def rebind_hello(hello: bytes, address: bytes) -> bytes:
+    """The hello with its initiator_hw replaced: docs/layouts.md#peerhello puts it after the
+    2-byte header and three `id` fields (each a u8 length and its bytes)."""
+    at = 2
+    for _ in range(3):
+        at += 1 + hello[at]
+    return hello[:at] + address + hello[at + 6:]
+
+
+def relay(net, via: str, tamper=None) -> list[tuple[str, int]]:
+    """An insider at MAC `via` passes on to SN-B what SN-A sends it and to SN-A what SN-B sends
+    it, from its own MAC (a hello through `tamper` first); returns (sender, type) of each."""
+    relayed: list[tuple[str, int]] = []
+
+    def wire(dev, dst, payload):
+        if dst == via and dev in ("SN-A", "SN-B"):
+            if tamper is not None and payload[1] == HELLO:
+                payload = tamper(payload)
+            relayed.append((dev, payload[1]))
+            net.queue.append(("SN-B" if dev == "SN-A" else "SN-A", FrameReceived(via, payload)))
+        return 1
+    net.wire = wire
+    return relayed
+
+
+def session_answers(net, dev: str, since: int = 0) -> list[str]:
+    """How the realm answered `dev`'s session requests: "ok" or the error's name."""
+    return [how for d, op, how in net.answers[since:] if d == dev and op == "session"]
+
+
+@pytest.mark.parametrize("tampered", [False, True], ids=["relayed-as-is", "address-rewritten"])
+def test_a_relayed_first_handshake_leaves_the_relay_off_the_session(net, tampered):
+    """F5: an insider announces SN-B's id from its own MAC before A hears B, so A's first hello
+    goes to it alone, and relays it to B from its MAC (and would relay B's frames back). B
+    answers the MAC bound in the hello (PeerHello.initiator_hw), A sends to the one bound in the
+    ticket (PeerTicket.responder_hw): both sessions hold the real MACs, the insider sees the
+    hello and nothing else, and records go straight between A and B. A relay that rewrites
+    initiator_hw to its own MAC breaks A's authenticator: the realm refuses B's request (the
+    unmodified hello is accepted), no session goes through it, and A gets there directly once
+    it hears B."""
+    relayed = relay(net, ATTACKER, (lambda p: rebind_hello(p, hw(ATTACKER))) if tampered else None)
+    up(net, "SN-B")
+    net.carrier("SN-A", True)  # A registers and gets its TGT; B's next announce is still to come
+    a, b = net.nodes["SN-A"], net.nodes["SN-B"]
+    assert a.client.credentials is not None and "SN-B" not in a.neighbours
+    mark, asked = len(net.frames), len(net.answers)
+    net.run([("SN-A", FrameReceived(ATTACKER, announce("SN-B", 12345)))])
+    assert [dst for d, dst, p in net.frames[mark:] if d == "SN-A" and p[1] == HELLO] == [ATTACKER]
+    assert relayed == [("SN-A", HELLO)]
+    if tampered:
+        assert session_answers(net, "SN-B", asked) == [E.BadProofError.name]
+        assert "SN-B" not in a.sessions and "SN-A" not in b.sessions
+        until(net, lambda: established_both_ways(net), 2 * a.timers.handshake_timeout)
+        assert session_answers(net, "SN-B", asked)[1:] == ["ok"]
+    else:
+        assert session_answers(net, "SN-B", asked) == ["ok"]
+        assert [dst for d, dst, p in net.frames[mark:] if d == "SN-B" and p[1] in (TICKET, CONFIRM)] == \
+            [net.macs["SN-A"], net.macs["SN-A"]]
+    assert established_both_ways(net)
+    assert a.sessions["SN-B"].mac == net.macs["SN-B"] and b.sessions["SN-A"].mac == net.macs["SN-A"]
+    assert both_ways(net)
+    assert {k for _, k in relayed} == {HELLO}  # hellos only: never a ticket, finished, confirm or record
+    assert not [f for f in net.frames if f[1] == ATTACKER and f[2][1] != HELLO]
+
+
+def test_forged_hellos_naming_an_initiator_do_not_spend_its_allowance(net):
+    """F4: hellos claiming SN-A from ever new MACs, 5 a second for 8 s (far past A's allowance
+    of hello_burst + hello_rate × elapsed): only the realm can tell them from A's, and A's
+    allowance is spent only by hellos it accepts, so every forgery is asked about and refused,
+    and A's own first hello, when it comes, is asked at once and accepted. Hellos the realm
+    accepts do spend it: a device whose genuine hellos come hello_burst + 1 at once, each from
+    another port, gets the last refused without a request."""
+    up(net, "SN-B")
+    b = net.nodes["SN-B"]
+    mark, n = len(net.answers), 0
+    while n < 40:
+        for _ in range(5):
+            net.run([("SN-B", FrameReceived(mac_of(n), forged_hello(net, "SN-A")))])
+            n += 1
+        net.run(seconds=1, step=0.5)
+    assert b.timers.hello_burst + b.timers.hello_rate * 8 < n
+    refused = session_answers(net, "SN-B", mark)
+    assert len(refused) == n and "ok" not in refused and b.stats["hellos_limited"] == 0
+    mark = len(net.answers)
+    up(net, "SN-A", seconds=0)
+    until(net, lambda: established_both_ways(net), b.timers.announce_every + 1)
+    assert session_answers(net, "SN-B", mark) == ["ok"]
+    assert both_ways(net)
+
+    zero = make_device(net.realm, "SN-0")  # a device of its own: its handshakes do not touch A's
+    admit(net.service, zero, net.rand, net.now)
+    port, asked = "02:00:00:00:00:70", len(net.answers)
+    tickets = []
+    for i in range(int(b.timers.hello_burst) + 1):
+        role = PeerInitiator(zero, "SN-B")
+        mark = len(net.frames)
+        net.run([("SN-B", FrameReceived(mac_of(100 + i), role.hello(net.now, net.rand(16), hw(port))))])
+        sent = [p for d, dst, p in net.frames[mark:] if d == "SN-B" and dst == port and p[1] == TICKET]
+        tickets.append(len(sent))
+        if sent:  # completed, so that no handshake stays open
+            net.run([("SN-B", FrameReceived(port, role.receive_ticket(sent[0], net.now)))])
+            assert b.sessions["SN-0"].mac == port
+    assert tickets == [1] * int(b.timers.hello_burst) + [0]
+    assert session_answers(net, "SN-B", asked) == ["ok"] * int(b.timers.hello_burst) and b.stats["hellos_limited"] == 1
+
+
+def test_a_flood_that_spends_the_total_does_not_stop_a_rekey(pair):
+    """F4/F5: forged hellos naming SN-A, each from a new MAC, spend SN-B's total allowance for new
+    hellos (max_responding at once, then hello_rate_all): the next stranger's hello is refused
+    without a request. A rekey hello from the MAC of B's session with A is not counted against
+    the total (nor did the forgeries spend A's own allowance): B asks the realm, and the new
+    session stands both ways."""
+    a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
+    old = a.sessions["SN-B"].channel.session_id
+    mark, flood = len(pair.answers), b.timers.max_responding + 16
+    for i in range(flood):
+        pair.run([("SN-B", FrameReceived(mac_of(i), forged_hello(pair, "SN-A")))])
+    assert len(session_answers(pair, "SN-B", mark)) == b.timers.max_responding
+    assert b.stats["hellos_limited"] == flood - b.timers.max_responding
+    mark = len(pair.answers)
+    acts = b.handle(FrameReceived(mac_of(flood), forged_hello(pair, "SN-F00001")), pair.now)
+    assert not [x for x in acts if isinstance(x, RadiusRequest)]
+    assert b.stats["hellos_limited"] == flood - b.timers.max_responding + 1
+    pair.run([("SN-A", FrameReceived(pair.macs["SN-B"], announce("SN-B", b.epoch + 1)))])  # a new epoch: rekey
+    assert session_answers(pair, "SN-B", mark) == ["ok"]
+    assert established_both_ways(pair) and a.sessions["SN-B"].channel.session_id != old
+    assert both_ways(pair)
+
+
+def test_a_lost_confirm_at_an_epoch_rekey_keeps_a_to_b_flowing(pair):
+    """F8: an epoch-driven rekey whose PeerConfirm never reaches SN-A (every frame of B lost for
+    11 s from it on). B took A's PeerFinished and sends under the new key, but keeps the old one
+    until A's first record under a new key, so A's records under the old session keep arriving
+    long after a handshake timeout and its grace (when B used to drop it). A gives up that
+    handshake and retries the rekey it still wants until one stands."""
+    a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
+    first = a.sessions["SN-B"]
+    blackout: list[float] = []
+
+    def wire(dev, dst, payload):
+        if dev == "SN-B" and payload[1] == CONFIRM and not blackout:
+            blackout.append(pair.now + 11)
+        return 0 if dev == "SN-B" and blackout and pair.now < blackout[0] else 1
+    pair.wire = wire
+    pair.run([("SN-A", FrameReceived(pair.macs["SN-B"], announce("SN-B", b.epoch + 1)))])
+    assert blackout and b.sessions["SN-A"].channel.session_id != first.channel.session_id
+    start = pair.now
+    for at in (5, 12, 20):
+        pair.run(seconds=start + at - pair.now)
+        assert a.sessions["SN-B"] is first or at > 11
+        n = len(pair.delivered)
+        pair.send("SN-A", "SN-B", b"at %d s" % at)
+        assert pair.delivered[n:] == [("SN-A", "SN-B", b"at %d s" % at)]
+    assert a.stats["handshakes_failed"] >= 1
+    until(pair, lambda: established_both_ways(pair) and a.sessions["SN-B"] is not first, 60)
+    assert established_both_ways(pair) and a.sessions["SN-B"] is not first and not a.sessions["SN-B"].rekey_wanted
+    assert session_answers(pair, "SN-B") == ["ok"] * 3  # the first session, the lost one, the retry
+    assert both_ways(pair)
+
+
+def test_every_key_a_left_goes_a_grace_after_its_first_new_record(pair):
+    """As above (F8), then A sends under the session that stood: every earlier key B holds for A
+    goes a grace later, also the one from before the lost confirm, so a record A sealed under
+    it is dropped (B keeps it for the session's life instead)."""
+    a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
+    first = a.sessions["SN-B"]
+    blackout: list[float] = []
+
+    def wire(dev, dst, payload):
+        if dev == "SN-B" and payload[1] == CONFIRM and not blackout:
+            blackout.append(pair.now + 11)
+        return 0 if dev == "SN-B" and blackout and pair.now < blackout[0] else 1
+    pair.wire = wire
+    pair.run([("SN-A", FrameReceived(pair.macs["SN-B"], announce("SN-B", b.epoch + 1)))])
+    until(pair, lambda: established_both_ways(pair) and a.sessions["SN-B"] is not first, 60)
+    late = first.channel.seal(b"under the old key")
+    assert both_ways(pair)
+    pair.run(seconds=a.timers.old_session_grace + 1)
+    pair.run([("SN-B", FrameReceived(pair.macs["SN-A"], late))])
+    assert ("SN-A", "SN-B", b"under the old key") not in pair.delivered
+
+
+def test_one_lost_confirm_is_resent_whatever_hellos_come_meanwhile(pair):
+    """F8b: at an epoch-driven rekey one PeerConfirm is lost, and 1,100 forged hellos (each a new
+    initiator, from a new MAC) reach SN-B before A resends its PeerFinished. Refused hellos are
+    kept apart from answered handshakes, so B still holds the confirm and sends it again without
+    asking the realm; A switches, B drops the old key a grace after A's first new record."""
+    a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
+    first = a.sessions["SN-B"]
+    lost = lose(pair, CONFIRM, times=1)
+    pair.run([("SN-A", FrameReceived(pair.macs["SN-B"], announce("SN-B", b.epoch + 1)))])
+    assert len(lost) == 1 and "SN-B" in a.initiating and a.sessions["SN-B"] is first
+    mark = len(pair.answers)
+    for i in range(1100):
+        pair.queue.append(("SN-B", FrameReceived(mac_of(i), forged_hello(pair, "ZA-%05d" % i))))
+        if i % 32 == 0:
+            pair.run()
+    pair.run()
+    assert "ok" not in session_answers(pair, "SN-B", mark)
+    mark = len(pair.answers)
+    until(pair, lambda: "SN-B" not in a.initiating, a.timers.handshake_timeout)
+    assert established_both_ways(pair) and a.sessions["SN-B"] is not first
+    assert session_answers(pair, "SN-B", mark) == [] and a.stats["handshakes_failed"] == 0
+    late = first.channel.seal(b"under the old key")
+    assert both_ways(pair)
+    pair.run(seconds=a.timers.old_session_grace + 1)
+    pair.run([("SN-B", FrameReceived(pair.macs["SN-A"], late))])
+    assert ("SN-A", "SN-B", b"under the old key") not in pair.delivered
+
+
+@pytest.mark.parametrize("listed", ["SN-C", "SN-B"], ids=["peer-revoked", "another-revoked"])
+def test_a_handshake_under_way_with_a_revoked_peer_never_becomes_a_session(net, realm, listed):
+    """F6: SN-A is confirming a first handshake with SN-C (C's PeerConfirms are lost; C holds the
+    session) when A's revocation list arrives naming C: the handshake ends with it, keys and
+    all, and C's next record, which would have confirmed it, is dropped: no session, nothing
+    delivered, nothing A may send. A list naming another device leaves the handshake be: C's
+    record confirms it and is delivered."""
+    lose(net, CONFIRM)
+    up(net, "SN-A")
+    a, c = net.nodes["SN-A"], net.nodes["SN-C"]
+    until(net, lambda: a.next_revocation_poll - net.now <= 1.5, a.timers.revocation_poll + 1)
+    up(net, "SN-C", seconds=0)
+    assert a.initiating["SN-C"].pending is not None and "SN-C" not in a.sessions and "SN-A" in c.sessions
+    realm.revoke(listed, net.now, "test")
+    polls = len(net.polls)
+    net.run(seconds=2)
+    assert len(net.polls) > polls and a.revoked == {listed}
+    n = len(net.delivered)
+    net.send("SN-C", "SN-A", b"from C")
+    if listed == "SN-C":
+        assert "SN-C" not in a.initiating and not [p for p, _ in a.by_id.values() if p == "SN-C"]
+        assert net.delivered[n:] == [] and "SN-C" not in a.sessions
+        with pytest.raises(E.StateError):
+            a.send("SN-C", b"to the revoked", net.now)
+    else:
+        assert net.delivered[n:] == [("SN-C", "SN-A", b"from C")]
+        assert established_both_ways(net, "SN-A", "SN-C")
+
+
+def session_logs(net) -> list[tuple[str, str, str]]:
+    """(device, event, text) of every session-* Log the nodes write from now on."""
+    logs: list[tuple[str, str, str]] = []
+    for dev, node in net.nodes.items():
+        handle = node.handle
+
+        def logged(event, now, dev=dev, handle=handle):
+            out = handle(event, now)
+            logs.extend((dev, x.event, x.text) for x in out if isinstance(x, Log) and x.event.startswith("session"))
+            return out
+        node.handle = logged
+    return logs
+
+
+@pytest.mark.parametrize("clock", [0.0, -200.0], ids=["in-step", "a-200s-behind"])
+def test_a_cut_revocation_list_renegotiates_honest_pairs_without_ending_them(net, realm, clock):
+    """F10: 200 devices revoked in one second, more than a list holds: the list is cut to what it
+    covers completely (here nothing: it starts after that second), so a revocation older than
+    that might concern any session. None of SN-A, SN-B, SN-C is revoked: each pair renegotiates
+    through the realm once (which refuses a revoked device), no session is ended, and all keep
+    talking. The same with A's clock 200 s behind the realm's (the list's age is measured in the
+    list's own time, not compared with A's clock)."""
+    net.clock["SN-A"] = clock
+    up(net, "SN-A", "SN-B", "SN-C", seconds=5)
+    for i in range(200):
+        make_device(realm, "ZQ-%04d" % i)
+    net.run(seconds=60, step=1)
+    before = {(d, p): s.channel.session_id for d, node in net.nodes.items() for p, s in node.sessions.items()}
+    assert len(before) == 6
+    logs = session_logs(net)
+    mark = len(net.answers)
+    for i in range(200):
+        realm.revoke("ZQ-%04d" % i, net.now, "batch")
+    net.run(seconds=2 * net.nodes["SN-A"].timers.revocation_poll, step=1)
+    assert sorted((d, e) for d, e, _ in logs if e == "session-recheck") == \
+        [(d, "session-recheck") for d in ("SN-A", "SN-A", "SN-B", "SN-B", "SN-C", "SN-C")]
+    assert [x for x in logs if x[1] in ("session-ended", "session-expired")] == []
+    assert all(not node.revoked for node in net.nodes.values())
+    after = {(d, p): s.channel.session_id for d, node in net.nodes.items() for p, s in node.sessions.items()}
+    assert after.keys() == before.keys() and not set(after.values()) & set(before.values())
+    assert sorted(session_answers(net, "SN-B", mark) + session_answers(net, "SN-C", mark)) == ["ok"] * 3
+    for x, y in (("SN-A", "SN-B"), ("SN-A", "SN-C"), ("SN-B", "SN-C")):
+        assert established_both_ways(net, x, y) and both_ways(net, x, y)
+
+
+def test_a_cut_revocation_list_ends_no_honest_session_when_polls_are_out_of_step(net, realm):
+    """F10 with the agents' polls 25 s apart (SN-B came up 5 s after SN-A; the batch falls
+    between their polls, B's first): B, the responder, learns of the cut list first and may
+    only wait for A to renegotiate; no session may end before A's own poll has had its time."""
+    up(net, "SN-A", "SN-C", seconds=5)
+    up(net, "SN-B", seconds=5)
+    a, b = net.nodes["SN-A"], net.nodes["SN-B"]
+    for i in range(200):
+        make_device(realm, "ZQ-%04d" % i)
+    until(net, lambda: a.next_revocation_poll - net.now > 25 and b.next_revocation_poll - net.now < 10, 60, step=1)
+    logs = session_logs(net)
+    for i in range(200):
+        realm.revoke("ZQ-%04d" % i, net.now, "batch")
+    net.run(seconds=2 * a.timers.revocation_poll, step=1)
+    assert [x for x in logs if x[1] == "session-recheck"] and [x for x in logs if x[1] == "session-ended"] == []
+
+
+def id_(text: str) -> bytes:
+    """An `id` field (docs/layouts.md#encodings: u8 length, UTF-8), any length up to 255 bytes."""
+    raw = text.encode()
+    return struct.pack("!B", len(raw)) + raw
+
+
+def frames_naming(device_id: str, responder: str, when: int) -> dict[str, bytes]:
+    """One frame of each peer type carrying `device_id` as its (initiator) id, built from
+    docs/layouts.md#messages (header: version 1, type)."""
+    realm, n16, m32 = id_(REALM), b"\x01" * 16, b"\x02" * 32
+    names = id_(device_id) + id_(responder)
+    return {
+        "announce": struct.pack("!BB", 1, 36) + realm + id_(device_id) + struct.pack("!Q", 7),
+        "hello": struct.pack("!BB", 1, HELLO) + realm + names + b"\x06" * 6 + struct.pack("!Q", when) + n16
+        + struct.pack("!H", 40) + b"\x03" * 40 + m32,
+        "ticket": struct.pack("!BB", 1, TICKET) + realm + id_(responder) + id_(device_id) + n16 + n16 + b"\x06" * 6
+        + struct.pack("!Q", when + 3600) + struct.pack("!H", 40) + b"\x03" * 40 + m32,
+        "finished": struct.pack("!BB", 1, FINISHED) + realm + names + n16 + m32,
+        "confirm": struct.pack("!BB", 1, CONFIRM) + realm + id_(responder) + id_(device_id) + n16 + m32,
+    }
+
+
+@pytest.mark.parametrize("bad", ["SN-Z\n2027 tessera-agent: SN-B session: established with SN-Q", "SN-" + "Z" * 62,
+                                 "SN Z", "SN-Z\u2028x"], ids=["newline", "65-bytes", "space", "line-separator"])
+def test_ids_in_frames_that_are_not_device_ids_are_refused_before_any_log(pair, bad):
+    """F14: device ids come off the wire into Log lines (one line each in the agent's log) and
+    tables. Every peer frame naming a string that is not a device id (a newline that would
+    forge a log line, more than 64 bytes, a space, a Unicode line separator) is dropped as
+    malformed: counted, no table grows, nothing sent or asked, and no Log text carries a line
+    break (a string shown is escaped). The same frames naming a well-formed id are taken: the announce
+    adds a neighbour and starts a hello, the hello is asked about."""
+    b = pair.nodes["SN-B"]
+    t = int(pair.now)
+    for kind, frame in frames_naming(bad, "SN-B", t).items():
+        dropped, neighbours = b.stats["frames_dropped"], len(b.neighbours)
+        acts = b.handle(FrameReceived(mac_of(1), frame), pair.now)
+        assert b.stats["frames_dropped"] == dropped + 1, kind
+        assert all(isinstance(x, Log) for x in acts) and len(b.neighbours) == neighbours and not b.responding
+        for x in acts:
+            assert bad.isprintable() or bad not in x.text, (kind, x.text)  # escaped, if shown at all
+            assert not any(c in x.text for c in "\n\r\u2028\u2029"), (kind, x.text)
+    good = frames_naming("SN-Z", "SN-B", t)
+    for frame in good.values():  # well-formed but for the id: it is the id they are refused for
+        m.decode(frame, (m.PeerAnnounce, m.PeerHello, m.PeerTicket, m.PeerFinished, m.PeerConfirm))
+    acts = b.handle(FrameReceived(mac_of(2), good["announce"]), pair.now)
+    assert "SN-Z" in b.neighbours and [x.dst for x in acts if isinstance(x, SendFrame)] == [mac_of(2)]
+    good = frames_naming("SN-0", "SN-B", t)
+    acts = b.handle(FrameReceived(mac_of(3), good["hello"]), pair.now)
+    assert [x.operation for x in acts if isinstance(x, RadiusRequest)] == ["session"]
+
+
+def test_a_peer_back_on_a_new_mac_is_rekeyed_to_it(pair):
+    """W1: SN-B's link goes down and comes back on another MAC with a new epoch (a NIC swap, MAC
+    randomisation); SN-A keeps its old session. B's announce from the new MAC is not the
+    session's, but A, whose turn it is, rekeys (only the real B can answer): within an
+    announce period the session, both sides, runs over B's new MAC and nothing goes to the old."""
+    a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
+    old_mac, old = pair.macs["SN-B"], a.sessions["SN-B"]
+    pair.carrier("SN-B", False)
+    pair.macs["SN-B"] = b.mac = "02:00:00:00:00:b2"
+    pair.carrier("SN-B", True)
+    until(pair, lambda: established_both_ways(pair), b.timers.announce_every + 1)
+    assert established_both_ways(pair) and a.sessions["SN-B"] is not old
+    assert a.sessions["SN-B"].mac == "02:00:00:00:00:b2" and b.sessions["SN-A"].mac == pair.macs["SN-A"]
+    mark = len(pair.frames)
+    assert both_ways(pair)
+    assert not [f for f in pair.frames[mark:] if f[1] == old_mac]
+
+
+def backoff_rekeys(seconds: float, first: float, cap: float = 600.0) -> int:
+    """Rekeys a stream of new epochs from a MAC not the session's can start in `seconds`: one at
+    once, then after first, 2 × first, ... doubling up to `cap` (node.py _epoch_elsewhere)."""
+    at, interval, n = 0.0, first, 1
+    while at + interval <= seconds:
+        at, interval, n = at + interval, min(interval * 2, cap), n + 1
+    return n
+
+
+def test_an_insiders_new_epochs_cost_a_decaying_number_of_rekeys(pair):
+    """F7: an insider announces SN-B's id with a new epoch every second from its own MAC for
+    30 min. Each may be B back on a new port, so SN-A rekeys (only B can answer: the session
+    stays on B's MAC), but with a back-off that doubles from one handshake timeout to 10 min:
+    B's session requests stay within that schedule (8 in 30 min instead of one per handshake
+    timeout), the last 10 min cost at most 1, and A and B keep talking."""
+    a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
+    mark, start, k, late = len(pair.answers), pair.now, 0, None
+    while pair.now - start < 1800:
+        k += 1
+        if late is None and pair.now - start >= 1200:
+            late = len(pair.answers)
+        pair.run([("SN-A", FrameReceived(ATTACKER, announce("SN-B", 1000 + k)))], seconds=1, step=1)
+    asked = session_answers(pair, "SN-B", mark)
+    allowed = backoff_rekeys(1800, a.timers.handshake_timeout)
+    assert allowed == 8 and 2 <= len(asked) <= allowed and set(asked) == {"ok"}
+    assert len(session_answers(pair, "SN-B", late)) <= 1
+    assert a.sessions["SN-B"].mac == pair.macs["SN-B"] and b.sessions["SN-A"].mac == pair.macs["SN-A"]
+    assert not [f for f in pair.frames if f[1] == ATTACKER and f[2][1] != HELLO]
+    assert both_ways(pair)
+
+
+def test_the_realm_load_of_forged_hellos_is_bounded_by_the_total_rate(pair):
+    """F3: 10,000 forged hellos in 2 s, each a new initiator from a new MAC (so no per-source or
+    per-initiator allowance applies), with a realm that answers in 5 ms: SN-B asks the realm
+    about at most max_responding + hello_rate_all × elapsed of them (not 64 every 5 ms), sends
+    nothing back to the forged MACs, and its session with SN-A carries data both ways."""
+    b = pair.nodes["SN-B"]
+    start, rtt, flood = pair.now, 0.005, 10_000
+    pending: list[tuple[float, object]] = []
+    requests = sent = 0
+    for i in range(flood):
+        t = start + (i + 1) * 2 / flood
+        while pending and pending[0][0] <= t:
+            sent += sum(isinstance(x, SendFrame) and x.dst.startswith("06:") for x in b.handle(pending.pop(0)[1], t))
+        pair.now = t
+        acts = b.handle(FrameReceived(mac_of(i), forged_hello(pair, "ZA-%07d" % i)), t)
+        sent += sum(isinstance(x, SendFrame) and x.dst.startswith("06:") for x in acts)  # mac_of's
+        for r in (x for x in acts if isinstance(x, RadiusRequest) and x.operation == "session"):
+            requests += 1
+            try:
+                answer = RadiusAnswer(r.op_id, pair.service.handle(r.build("radius-a"), t))
+            except E.TesseraError as exc:
+                answer = RadiusFailed(r.op_id, exc.reason, pair.service.error_reply(exc, t))
+            pending.append((t + rtt, answer))
+    assert b.timers.max_responding <= requests <= b.timers.max_responding + b.timers.hello_rate_all * 2
+    assert b.stats["hellos_limited"] == flood - requests and sent == 0
+    pair.run(seconds=1)
+    assert both_ways(pair)
