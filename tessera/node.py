@@ -12,13 +12,23 @@ timer ticks go in; actions come out (start 802.1X, ask the realm, send a frame, 
                                   superseded / not-registered: the DRT is dead, register afresh;
                                   both only when the realm signed the error over this request:
                                   docs/layouts.md#signederror)
-    FrameReceived                 PeerAnnounce → the lower device id starts a handshake;
-                                  PeerHello → ask the realm for a session key; PeerTicket /
-                                  PeerFinished → establish; PeerData → open and deliver;
-                                  ErrorMessage → abort that handshake
+    FrameReceived                 PeerAnnounce → a hint: the lower device id starts a handshake;
+                                  PeerHello → ask the realm for a session key (rate-limited; a
+                                  repeat gets the PeerTicket again); PeerTicket → PeerFinished;
+                                  PeerFinished → established, PeerConfirm; PeerConfirm (or a
+                                  record under the new key) → established; PeerData → open and
+                                  deliver; ErrorMessage → counted, nothing else (unauthenticated)
     LinkDown                      drop every session and handshake, port DOWN
-    tick (every call)             renew / re-register before expiry, announce, rekey sessions
-                                  before they end, time out handshakes
+    tick (every call)             renew / re-register before expiry, announce, poll the realm's
+                                  revocation list, resend unanswered hellos and finished frames,
+                                  rekey sessions before they end, time out handshakes
+
+The wire between devices (docs: README "An enrolled device on the same segment"): frames prove
+nothing until a handshake's MACs verify, so no unauthenticated frame ends a session or moves it;
+each side's Ethernet address is inside the authenticated handshake and a session's records go
+only there; every table a frame can grow is bounded and a frame's cost does not depend on what
+the tables hold (tessera/limits.py); a hello costs the realm a request only within per-source,
+per-initiator and total rates.
 
 Actions that need the RADIUS client carry a `build(server_id)` callable: the request is built
 per server, because each proof names the server it is addressed to. The adapter calls it under
@@ -434,7 +444,7 @@ class Node:
             if out is not None:
                 out.append(Log("ticketed", f"TGT valid until {cred.not_after:.0f}"))
                 out.append(SaveState())
-                self.next_announce = 0.0
+                self.next_announce = self.next_scan = 0.0  # announce, and start with the neighbours heard meanwhile
         elif kind == "session":
             entry = self.responding.get(ctx)
             if entry is None:
