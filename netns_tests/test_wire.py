@@ -205,7 +205,7 @@ def test_wire_insider_frames_do_not_steer_sessions(lab):
         # through costs a RADIUS request (the realm refuses it); the rest are over X's rate
         st_b, at = status(rl, b), log_size(b)
         asked = "dev-02 peer-hello: ← dev-01: asking the realm for a session key"
-        hellos = [m.PeerHello(realm, "dev-01", "dev-02", os.urandom(6), int(time.time()), os.urandom(16),
+        hellos = [m.PeerHello(realm, "dev-01", "dev-02", b"\x02" + os.urandom(5), int(time.time()), os.urandom(16),
                               os.urandom(200), os.urandom(32)).encode() for _ in range(300)]
         t0 = time.monotonic()
         for h in hellos:

@@ -48,6 +48,7 @@ it is a plain failure with a back-off; the device keeps its clock and tries agai
 from __future__ import annotations
 
 import enum
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -55,8 +56,8 @@ from typing import Callable
 
 from . import message as m
 from .device import DeviceClient, State
-from .errors import (ClockSkewError, NotRegisteredError, RevokedError, StateError, SupersededError, TesseraError,
-                     UnknownDeviceError, WrongRealmError)
+from .errors import (ClockSkewError, MalformedError, NotRegisteredError, RevokedError, StateError, SupersededError,
+                     TesseraError, UnknownDeviceError, WrongRealmError)
 from .limits import Lru, RateLimit
 from .identity import check_device_id
 from .peer import NO_HW, Channel, PeerInitiator, PeerResponder, PeerState
@@ -186,7 +187,7 @@ MACS_PER_NEIGHBOUR = 4  # MACs that recently announced one device id; a hello go
 @dataclass
 class Neighbour:
     device_id: str
-    macs: Lru  # MAC → the epoch last announced from it, most recent last
+    macs: Lru  # MAC → (the epoch last announced from it, when), most recent last
     last_seen: float
 
 
@@ -261,9 +262,9 @@ class Node:
         self.by_id: dict[bytes, tuple[str, Session]] = {}  # every session id that opens records
         self.retiring: dict[bytes, float] = {}  # session id → stop opening its records at
         self.initiating: dict[str, Handshake] = {}  # by peer
-        self.responding: Lru[tuple[str, bytes], Responding] = Lru(timers.max_responding)  # (initiator, nonce)
+        self.responding: Lru[tuple, Responding] = Lru(timers.max_responding)  # (initiator, nonce, digest of the hello)
         self.answered: Lru[tuple[str, bytes], list] = Lru(1024)  # done: [finished, confirm, MAC, resend at]
-        self.refused: Lru[tuple[str, bytes], None] = Lru(1024)  # hellos the realm refused or that timed out
+        self.refused: Lru[tuple, None] = Lru(1024)  # hellos (as `responding` keys) the realm refused or that timed out
         self.peer_retry: Lru[str, tuple[float, float]] = Lru(timers.max_neighbours)  # (not before, back-off)
         self.epoch_rekey: Lru[str, float] = Lru(timers.max_neighbours)  # peer → no epoch-driven rekey before
         self.epoch_rekeys = RateLimit(2.0, 16.0, capacity=1)  # epoch-driven rekeys in all
@@ -536,7 +537,7 @@ class Node:
             if self.neighbours.evicted == 0:  # under a flood of strangers, one line per stranger is the flood
                 out.append(Log("neighbour", f"{peer} at {src}"))
         known.last_seen = t
-        known.macs.put(src, msg.epoch)
+        known.macs.put(src, (msg.epoch, t))
         s = self.sessions.get(peer)
         if s is None:
             if not self._initiate(peer, t, out) and peer not in self.initiating:
@@ -576,7 +577,11 @@ class Node:
         only when a handshake really moved the session: what a stranger can make a pair cost
         the realm decays to one request per 10 min."""
         not_before, interval = self.moved_backoff.get(peer) or (0.0, self.timers.handshake_timeout / 2)
-        if self.device_id > peer or t < not_before:
+        n = self.neighbours.get(peer)
+        heard = n.macs.get(s.mac) if n is not None else None
+        quiet = heard is None or t - heard[1] > 3 * self.timers.announce_every  # its session MAC went silent:
+        # a real move (on a switch that binds MACs to ports a stranger cannot keep B's MAC talking)
+        if self.device_id > peer or (t < not_before and not quiet):
             return
         interval = min(interval * 2, 600.0)
         self.moved_backoff.put(peer, (t + interval, interval))
@@ -629,14 +634,16 @@ class Node:
         """A's hello. A repeat gets the PeerTicket again (or nothing yet): never a second
         request to the realm. A new one is rate-limited per source MAC and per claimed
         initiator, and the number open at once is capped: each costs a RADIUS request."""
-        key = (msg.initiator, msg.nonce)
+        # open and refused hellos are known by their bytes as well: an altered copy (which the
+        # realm refuses) must neither answer for the real one nor mark it refused
+        key = (msg.initiator, msg.nonce, hashlib.sha256(raw).digest()[:16])
         entry = self.responding.get(key)
         if entry is not None:
             if entry.role.state is PeerState.TICKET_SENT and t >= entry.resend_at:
                 entry.resend_at = t + self.timers.resend_every / 2
                 out.append(SendFrame(entry.mac, entry.role.ticket_bytes))  # to A's MAC, whoever repeated it
             return
-        if key in self.answered or key in self.refused:
+        if key[:2] in self.answered or key in self.refused:
             return  # that handshake ended (its PeerFinished came) or failed: nothing more to say
         if msg.initiator in self.revoked:
             raise RevokedError(f"hello from {msg.initiator}, which the realm revoked")
@@ -645,7 +652,10 @@ class Node:
         if len(self.responding) >= self.timers.max_responding:
             self.stats["hellos_limited"] += 1
             raise StateError(f"{self.timers.max_responding} handshakes open: hello from {msg.initiator} waits for its resend")
-        if sum(1 for (i, _) in self.responding if i == msg.initiator) >= 2:
+        self._check_hw(msg.initiator_hw)
+        s = self.sessions.get(msg.initiator)
+        rekey = s is not None and s.mac == src  # from our session's (authenticated) MAC: not in the total
+        if not rekey and sum(1 for k in self.responding if k[0] == msg.initiator) >= 2:
             self.stats["hellos_limited"] += 1
             raise StateError(f"two handshakes with {msg.initiator} open already")
         # the initiator's allowance is checked here and spent only when the realm accepts its
@@ -653,8 +663,6 @@ class Node:
         if not self.hello_by_peer.available(msg.initiator, t):
             self.stats["hellos_limited"] += 1
             raise StateError(f"hellos from {msg.initiator} over their rate")
-        s = self.sessions.get(msg.initiator)
-        rekey = s is not None and s.mac == src  # from our session's (authenticated) MAC: not in the total
         if not self.hello_by_source.allow(src, t) or not (rekey or self.hello_all.allow(None, t)):
             self.stats["hellos_limited"] += 1
             raise StateError(f"hellos from {src} (or in all) over their rate")
@@ -672,12 +680,18 @@ class Node:
                 hs.resend_at = t + self.timers.resend_every
                 out.append(SendFrame(hs.pending.mac, role.finished_bytes))
             return
+        self._check_hw(msg.responder_hw)
         fin = role.receive_ticket(raw, t)
         mac = mac_of(role.responder_hw) if any(role.responder_hw) else src  # B's, under B's finished MAC
         s = Session(role.channel, t, mac, initiator=True)
         hs.pending, hs.resend_at, hs.resends = s, t + self.timers.resend_every, 0
         self.by_id[role.channel.session_id] = (msg.responder, s)  # B's records open from now on
         out.append(SendFrame(mac, fin))
+
+    def _check_hw(self, hw: bytes) -> None:
+        """A MAC a handshake binds: one station's (not a group address), not ours."""
+        if hw[0] & 1 or (self.mac is not None and hw == hw_of(self.mac)):
+            raise MalformedError(f"a handshake binding {mac_of(hw)}: a group address or ours")
 
     def _peer_finished(self, msg: m.PeerFinished, src: str, raw: bytes, t: float, out: list[Action]) -> None:
         key = (msg.initiator, msg.initiator_nonce)
@@ -688,11 +702,13 @@ class Node:
                 done[3] = t + self.timers.resend_every / 2
                 out.append(SendFrame(mac, confirm))
             return
-        entry = self.responding.get(key)
-        if entry is None or entry.role.state is not PeerState.TICKET_SENT:
+        found = next(((k, e) for k, e in self.responding.items()
+                      if k[:2] == key and e.role.state is PeerState.TICKET_SENT), None)  # only a real hello gets here
+        if found is None:
             raise StateError(f"no handshake with {msg.initiator}")
+        open_key, entry = found
         channel = entry.role.receive_finished(raw, t)
-        self.responding.pop(key)
+        self.responding.pop(open_key)
         self.answered.put(key, [entry.role.finished_bytes, entry.role.confirm_bytes, entry.mac,
                                 t + self.timers.resend_every / 2])
         out.append(SendFrame(entry.mac, entry.role.confirm_bytes))
@@ -736,7 +752,7 @@ class Node:
         self.peer_retry.pop(peer, None)
         s.confirmed = True
         n = self.neighbours.get(peer)
-        s.peer_epoch = (n.macs.get(s.mac) or 0) if n is not None else 0  # the epoch announced from its MAC
+        s.peer_epoch = (n.macs.get(s.mac) or (0, 0.0))[0] if n is not None else 0  # the epoch announced from its MAC
         self.sessions[peer] = s
         self.by_id[s.channel.session_id] = (peer, s)
         verb = "rekeyed" if old else "established"
@@ -803,12 +819,14 @@ class Node:
                 self._end_sessions(peer)
                 out.append(Log("session-ended", f"with {peer}: revoked by the realm"))
         for peer, s in self.sessions.items():
-            if t - s.established_at > covered and s.deadline is None:
-                # the list was cut: a revocation older than it covers may concern this peer.
-                # Renegotiate through the realm (which refuses the revoked); end it if no new
-                # handshake replaced it within two handshake timeouts
-                # the side that waits for the other's rekey allows for the other's poll coming later
-                ours = self.device_id < peer
+            # the list was cut: a revocation older than it covers may concern this peer.
+            # Renegotiate through the realm (which refuses the revoked); end it if no new
+            # handshake replaced it within two handshake timeouts. The side that starts the
+            # rekey flags with a margin (the two sides' polls and clocks differ: an extra rekey
+            # costs little, a session the other side ended costs the pair until it expires);
+            # the side that waits stays exact and allows for the other's poll coming later
+            ours = self.device_id < peer
+            if t - s.established_at > covered - (self.timers.handshake_timeout if ours else 0) and s.deadline is None:
                 s.deadline = t + 2 * self.timers.handshake_timeout + (0 if ours else self.timers.revocation_poll)
                 s.rekey_wanted = ours
                 out.append(Log("session-recheck", f"with {peer}: older than the revocation list covers, renegotiating"))
@@ -915,7 +933,7 @@ class Node:
             "sessions": {p: {"session_id": s.channel.session_id.hex(), "expires_in": round(s.channel.not_after - t),
                              "frames_out": s.frames_out, "frames_in": s.frames_in, "dropped": s.dropped}
                          for p, s in self.sessions.items()},
-            "handshakes": sorted(set(self.initiating) | {i for i, _ in self.responding}),
+            "handshakes": sorted(set(self.initiating) | {k[0] for k in self.responding}),
             "revoked_peers": sorted(self.revoked),
             **self.stats,
         }

@@ -9,14 +9,15 @@ enrolled neighbour would build them; the frame types are those of docs/layouts.m
 
 from __future__ import annotations
 
+import copy
 import struct
 
 import pytest
 
 from tessera import errors as E, message as m
 from tessera.identity import DeviceKey
-from tessera.node import FrameReceived, Log, Node, RadiusAnswer, RadiusFailed, RadiusRequest, SendFrame
-from tessera.peer import PeerInitiator, PeerState
+from tessera.node import FrameReceived, Log, Node, RadiusAnswer, RadiusFailed, RadiusRequest, SendFrame, Timers
+from tessera.peer import PeerInitiator, PeerResponder, PeerState
 from tessera.record import session_id_of
 from tessera.service import REVOCATIONS_CONTEXT
 from tests.unit.conftest import admit, make_device
@@ -61,8 +62,13 @@ def announce(device_id: str, epoch: int) -> bytes:
 def forged_hello(net, initiator: str, responder: str = "SN-B") -> bytes:
     """A hello whose TGT and authenticator are random: the responder cannot tell it from a real
     one (only the realm can open a TGT), so each one it takes costs a RADIUS request."""
-    return m.PeerHello(realm=REALM, initiator=initiator, responder=responder, initiator_hw=net.rand(6),
+    return m.PeerHello(realm=REALM, initiator=initiator, responder=responder, initiator_hw=unicast(net.rand(6)),
                        timestamp=int(net.now), nonce=net.rand(16), tgt=net.rand(180), mac=net.rand(32)).encode()
+
+
+def unicast(hw: bytes) -> bytes:
+    """An individual (not group) MAC: the low bit of the first byte clear."""
+    return bytes([hw[0] & 0xFE]) + hw[1:]
 
 
 def mac_of(i: int) -> str:
@@ -914,3 +920,183 @@ def test_the_realm_load_of_forged_hellos_is_bounded_by_the_total_rate(pair):
     assert b.stats["hellos_limited"] == flood - requests and sent == 0
     pair.run(seconds=1)
     assert both_ways(pair)
+
+
+# -- second break-this round (each names the finding it answers) -----------------------------------
+@pytest.mark.parametrize("lost", [False, True], ids=["real-hello-next", "its-resend-next"])
+def test_an_altered_copy_of_a_hello_reaching_b_first_does_not_refuse_the_real_one(pair, lost):
+    """F-B: an insider announces SN-B's id (with B's epoch) from its own MAC, so A's rekey hello
+    goes to it as well; it sends B a copy with one TGT byte flipped (same initiator and nonce)
+    that reaches B before A's own (which comes next, or, the first copy lost, as A's resend).
+    The realm refuses the altered copy; that refusal is the copy's alone: B asks about A's real
+    hello, the realm accepts it, and the rekey stands within a resend, no handshake failed."""
+    a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
+    pair.run([("SN-A", FrameReceived(ATTACKER, announce("SN-B", b.epoch)))])
+    old = a.sessions["SN-B"].channel.session_id
+    altered: list[bytes] = []
+
+    def wire(dev, dst, payload):
+        if dev == "SN-A" and payload[1] == HELLO:
+            if dst == ATTACKER and not altered:
+                bad = bytearray(payload)
+                bad[-32 - 8] ^= 1  # the TGT ends where the 32-byte authenticator starts (layouts.md#peerhello)
+                altered.append(bytes(bad))
+                pair.queue.appendleft(("SN-B", FrameReceived(ATTACKER, altered[0])))
+            if dst == pair.macs["SN-B"] and lost and not dropped:
+                dropped.append(payload)
+                return 0
+        return 1
+    dropped: list[bytes] = []
+    pair.wire = wire
+    mark, start = len(pair.answers), pair.now
+    pair.run([("SN-A", FrameReceived(pair.macs["SN-B"], announce("SN-B", b.epoch + 1)))])  # a new epoch: rekey
+    assert altered and bool(dropped) == lost
+    took = until(pair, lambda: established_both_ways(pair) and a.sessions["SN-B"].channel.session_id != old,
+                 a.timers.handshake_timeout)
+    assert session_answers(pair, "SN-B", mark) == [E.InvalidTicket.name, "ok"]
+    assert established_both_ways(pair) and a.sessions["SN-B"].channel.session_id != old
+    assert pair.now - start <= a.timers.resend_every + 0.5 and took <= a.timers.resend_every + 0.5
+    assert a.stats["handshakes_failed"] == 0
+    assert both_ways(pair)
+
+
+def test_two_forged_open_hellos_naming_a_do_not_block_its_rekey(pair):
+    """F-B: an insider opens two forged hellos naming SN-A at SN-B (the realm has not answered
+    them yet), the most B keeps open per initiator: a third from another MAC is refused without
+    a request. A's rekey hello, from the MAC of B's session with A, is not held to that cap:
+    B asks the realm, which accepts it, and the new session stands both ways."""
+    a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
+    old = a.sessions["SN-B"].channel.session_id
+    opened = []
+    for _ in range(2):  # their requests are never answered: both stay open
+        acts = b.handle(FrameReceived(ATTACKER, forged_hello(pair, "SN-A")), pair.now)
+        opened += [x for x in acts if isinstance(x, RadiusRequest) and x.operation == "session"]
+    assert len(opened) == 2
+    limited = b.stats["hellos_limited"]
+    acts = b.handle(FrameReceived(mac_of(1), forged_hello(pair, "SN-A")), pair.now)
+    assert not [x for x in acts if isinstance(x, RadiusRequest)] and b.stats["hellos_limited"] == limited + 1
+    mark = len(pair.answers)
+    pair.run([("SN-A", FrameReceived(pair.macs["SN-B"], announce("SN-B", b.epoch + 1)))])  # a new epoch: rekey
+    assert session_answers(pair, "SN-B", mark) == ["ok"]
+    assert established_both_ways(pair) and a.sessions["SN-B"].channel.session_id != old
+    assert both_ways(pair)
+
+
+def test_a_cut_list_seen_around_the_cut_second_ends_no_session(net, realm):
+    """F-A: 200 revocations at X.5 cut the list to what it covers from X+1 (issued_at is a whole
+    second); A and B rekey at X+1.0. A polls at whole seconds, B at half ones, so B (which waits
+    for A's rekey) finds the session older than the list covers and A, by the rounding, did
+    not: B would end it at its deadline and drop A's records. The side that starts the rekey
+    flags with a handshake_timeout margin: both recheck, A renegotiates, no record is dropped
+    and the pair talks both ways throughout."""
+    for node in net.nodes.values():
+        node.timers = Timers()  # the defaults
+    up(net, "SN-A", "SN-B", seconds=5)
+    a, b = net.nodes["SN-A"], net.nodes["SN-B"]
+    for i in range(200):
+        make_device(realm, "ZQ-%04d" % i)
+    net.run(seconds=20)
+    if net.now == int(net.now):
+        net.run(seconds=0.5)  # land on a half second
+    logs = session_logs(net)
+    for i in range(200):
+        realm.revoke("ZQ-%04d" % i, net.now, "batch")  # at X.5
+    a.sessions["SN-B"].rekey_wanted = True  # a rekey due at X+1.0
+    a.next_revocation_poll, b.next_revocation_poll = net.now + 5.5, net.now + 5.0
+    old = a.sessions["SN-B"].channel.session_id
+    net.run(seconds=0.5)
+    assert established_both_ways(net) and a.sessions["SN-B"].channel.session_id != old
+    assert a.sessions["SN-B"].established_at == int(a.sessions["SN-B"].established_at)  # at X+1.0
+    dropped, start = b.stats["frames_dropped"], net.now
+    while net.now - start < 2 * a.timers.revocation_poll + 4 * a.timers.handshake_timeout:
+        net.run(seconds=5)
+        assert both_ways(net), net.now - start
+    assert {d for d, e, _ in logs if e == "session-recheck"} == {"SN-A", "SN-B"}
+    assert [x for x in logs if x[1] in ("session-ended", "session-expired")] == []
+    assert b.stats["frames_dropped"] == dropped and a.stats["frames_dropped"] == 0
+
+
+def test_a_pumped_moved_back_off_does_not_keep_a_from_bs_new_mac(pair):
+    """F-C: an insider announces SN-B's id with a new epoch every second from its own MAC for
+    1300 s: SN-A's back-off for rekeys toward a MAC not the session's climbs to its 10-minute
+    cap, and while B's session MAC keeps announcing the session stays there. Then B comes back
+    on a new MAC (its old one goes quiet): a quiet session MAC is a real move, the back-off
+    does not hold, and A and B talk over the new MAC within a few announce periods."""
+    a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
+    start, k = pair.now, 0
+    while pair.now - start < 1300:
+        k += 1
+        pair.run([("SN-A", FrameReceived(ATTACKER, announce("SN-B", 999_000 + k)))], seconds=1, step=1)
+    not_before, interval = a.moved_backoff.get("SN-B")
+    assert interval == 600.0 and not_before > pair.now + 60
+    assert a.sessions["SN-B"].mac == pair.macs["SN-B"] and both_ways(pair)
+    old_mac = pair.macs["SN-B"]
+    pair.carrier("SN-B", False)
+    pair.macs["SN-B"] = b.mac = "02:00:00:00:00:b2"
+    pair.carrier("SN-B", True)
+    took = until(pair, lambda: established_both_ways(pair) and a.sessions["SN-B"].mac == "02:00:00:00:00:b2",
+                 10 * a.timers.announce_every)
+    assert established_both_ways(pair) and a.sessions["SN-B"].mac == "02:00:00:00:00:b2"
+    assert took <= 5 * a.timers.announce_every
+    mark = len(pair.frames)
+    assert both_ways(pair)
+    assert not [f for f in pair.frames[mark:] if f[1] in (old_mac, ATTACKER)]
+
+
+GROUP_OR_OWN = ["ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:fb", "33:33:00:00:00:01", "own"]
+
+
+@pytest.mark.parametrize("bound", GROUP_OR_OWN, ids=["broadcast", "ipv4-multicast", "ipv6-multicast", "own"])
+def test_a_hello_binding_a_group_mac_or_the_receivers_is_refused(pair, bound):
+    """F-D: an insider (SN-0, enrolled) sends SN-B a hello whose initiator_hw (covered by its
+    authenticator, so the realm would accept it) is a group address or B's own MAC, which
+    would make B send its PeerTicket, PeerConfirm and every record for SN-0 to the whole
+    segment or to itself. B refuses it as malformed: no RADIUS request, no frame sent there.
+    The same hello binding a unicast MAC is asked about and answered at that MAC."""
+    b = pair.nodes["SN-B"]
+    zero = make_device(pair.realm, "SN-0")
+    admit(pair.service, zero, pair.rand, pair.now)
+    address = pair.macs["SN-B"] if bound == "own" else bound
+    mark, asked, dropped = len(pair.frames), len(pair.answers), b.stats["frames_dropped"]
+    hello = PeerInitiator(zero, "SN-B").hello(pair.now, pair.rand(16), hw(address))
+    pair.run([("SN-B", FrameReceived(ATTACKER, hello))])
+    assert session_requests(pair, "SN-B", asked) == 0 and b.stats["frames_dropped"] == dropped + 1
+    assert not [f for f in pair.frames[mark:] if f[0] == "SN-B" and f[1] == address]
+    assert not b.responding and "SN-0" not in b.sessions
+    port = "02:00:00:00:00:70"
+    hello = PeerInitiator(zero, "SN-B").hello(pair.now, pair.rand(16), hw(port))
+    pair.run([("SN-B", FrameReceived(ATTACKER, hello))])
+    assert session_answers(pair, "SN-B", asked) == ["ok"]
+    assert [p[1] for d, dst, p in pair.frames[mark:] if d == "SN-B" and dst == port] == [TICKET]
+
+
+@pytest.mark.parametrize("bound", GROUP_OR_OWN, ids=["broadcast", "ipv4-multicast", "ipv6-multicast", "own"])
+def test_a_ticket_binding_a_group_mac_or_the_receivers_is_refused(pair, bound):
+    """F-D: an insider (SN-Z, enrolled; A initiates to it) answers A's hello with a PeerTicket
+    whose responder_hw (covered by its finished MAC) is a group address or A's own MAC, which
+    would make A send its PeerFinished and every record for SN-Z there. A refuses it as
+    malformed and sends nothing there; its handshake waits on. A ticket for the same hello
+    binding the insider's unicast MAC is taken: A's PeerFinished goes to that MAC."""
+    a = pair.nodes["SN-A"]
+    z = make_device(pair.realm, "SN-Z")
+    admit(pair.service, z, pair.rand, pair.now)
+    mark = len(pair.frames)
+    pair.run([("SN-A", FrameReceived(ATTACKER, announce("SN-Z", 1)))])
+    hello = next(p for d, dst, p in pair.frames[mark:] if d == "SN-A" and dst == ATTACKER and p[1] == HELLO)
+
+    role = PeerResponder(z)
+    role.receive_hello(hello, pair.now)
+    reply = pair.service.handle(role.session_request("radius-a", pair.now, pair.rand(16)), pair.now)
+
+    def ticket(address: str) -> bytes:
+        """A PeerTicket for A's hello binding `address` (the realm answers a hello once: each
+        ticket comes from a copy of the role awaiting that one reply)."""
+        return copy.copy(role).receive_session_reply(reply, pair.now, hw(address))
+    address = pair.macs["SN-A"] if bound == "own" else bound
+    mark, dropped = len(pair.frames), a.stats["frames_dropped"]
+    pair.run([("SN-A", FrameReceived(ATTACKER, ticket(address)))])
+    assert a.stats["frames_dropped"] == dropped + 1
+    assert not [f for f in pair.frames[mark:] if f[0] == "SN-A" and f[2][1] == FINISHED]
+    assert a.initiating["SN-Z"].pending is None and "SN-Z" not in a.sessions
+    pair.run([("SN-A", FrameReceived(ATTACKER, ticket(ATTACKER)))])
+    assert [dst for d, dst, p in pair.frames[mark:] if d == "SN-A" and p[1] == FINISHED] == [ATTACKER]
