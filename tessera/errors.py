@@ -177,11 +177,18 @@ class QuotaError(TesseraError):
     code, name = 22, "over-quota"
 
 
+class RegistryUnavailableError(TesseraError):
+    """The realm's registry cannot be reached (its database is down, partitioned or too slow)."""
+
+    code, name = 23, "registry-unavailable"
+
+
 ALL: tuple[type[TesseraError], ...] = (
     TesseraError, MalformedError, UnsupportedVersionError, InvalidTicket, UnknownKeyVersionError,
     WrongRealmError, UnknownDeviceError, RevokedError, NotRegisteredError, SupersededError,
     ExpiredError, NotYetValidError, ClockSkewError, BadProofError, ReplayError, WrongServerError,
     WrongPeerError, StateError, CertificateError, InternalError, WrongIdentityError, QuotaError,
+    RegistryUnavailableError,
 )
 BY_CODE: dict[int, type[TesseraError]] = {cls.code: cls for cls in ALL}
 

@@ -1,9 +1,11 @@
 """The registry: which devices belong to the realm, their state, and the audit trail.
 
 `Registry` is the interface the service and the CLI use; `tessera.sqlite_registry` implements
-it on SQLite (the embedded default). The interface is made of single-row reads by key and short
-transactions with compare-and-set on the registration generation, so a PostgreSQL
-implementation shared by several RADIUS servers fits behind it unchanged.
+it on SQLite (the embedded default), `tessera.pg_registry` on PostgreSQL (a realm shared by
+servers on several hosts); `tessera.registry_url.open_registry` opens either from a URL. The
+interface is made of single-row reads by key and short transactions with compare-and-set on the
+registration generation, so both fit behind it unchanged (tests/server/test_registry_contract.py
+runs one suite on both).
 
 It also knows where each device was last admitted (NAS, port, MAC) and the NASes that accept
 RFC 5176 Disconnect-Requests, so that revoking a device also kicks it off its port.

@@ -3,9 +3,10 @@
 How this works
 --------------
 Tests that need real parts (root, network namespaces, FreeRADIUS, hostapd, wpa_supplicant,
-eapol_test, tcpdump) say so with ``@needs(...)`` or ``require(...)``; :func:`missing` names the
-first part that is absent, in words an engineer can act on: *not root*, *freeradius is in
-/usr/sbin but /usr/sbin is not on PATH*, *Debian package eapoltest is not installed*.
+eapol_test, tcpdump, PostgreSQL) say so with ``@needs(...)`` or ``require(...)``;
+:func:`missing` names the first part that is absent, in words an engineer can act on: *not
+root*, *freeradius is in /usr/sbin but /usr/sbin is not on PATH*, *Debian package eapoltest is
+not installed*.
 
 In **strict** mode -- as root (CI, ``./tools/test``) or with ``TESSERA_STRICT=1`` -- every
 skipped test is reported as a *failure* carrying that one line, so the suite cannot go green
@@ -41,6 +42,8 @@ PACKAGES = {
     "sysctl": "procps",
 }
 RLM_PYTHON3 = Path("/usr/lib/freeradius/rlm_python3.so")
+# "postgresql": the server binaries, which Debian keeps off PATH (private clusters: lab/postgres.py)
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 SBIN = ("/usr/sbin", "/sbin")
 
 
@@ -59,6 +62,11 @@ def missing(*needs: str) -> str | None:
         if need == "root":
             if os.geteuid() != 0:
                 return "not root: namespace and FreeRADIUS tests need root (run ./tools/test as root)"
+            continue
+        if need == "postgresql":
+            if not (POSTGRES_BIN / "postgres").exists() or not (POSTGRES_BIN / "initdb").exists():
+                return (f"{POSTGRES_BIN}/postgres not found: Debian package postgresql (15) is not installed "
+                        f"(tools/bootstrap installs it)")
             continue
         if shutil.which(need) is None:
             in_sbin = [d for d in SBIN if os.access(os.path.join(d, need), os.X_OK)]
@@ -90,6 +98,7 @@ needs_freeradius = needs("root", "freeradius", "radclient", "eapol_test")
 LAB_PARTS = ("root", "ip", "sysctl", "freeradius", "radclient", "hostapd", "hostapd_cli", "wpa_supplicant",
              "nft", "tcpdump")
 needs_lab = needs(*LAB_PARTS)
+needs_postgres = needs("root", "postgresql")
 
 _skipped: Counter = Counter()
 
