@@ -1,8 +1,10 @@
 """tessera-admin: the operator's tool for a realm (enrol, list, show, revoke, rotate, audit).
 
 Works on the realm's registry and KEK directly (as kadmin.local does), so it runs on a RADIUS
-server or wherever the registry is reachable. Output is for people by default and JSON with
---json. Exit codes: 0 done, 1 refused (unknown device, duplicate, bad certificate...), 2 usage.
+server or wherever the registry is reachable. `--registry` names the registry by URL, SQLite or
+PostgreSQL (`tessera.registry_url`); every command opens it through `open_registry`. Output is
+for people by default and JSON with --json. Exit codes: 0 done, 1 refused (unknown device,
+duplicate, bad certificate, registry-unavailable...), 2 usage.
 Nothing it prints or logs contains key material; files it writes with keys are 0600.
 """
 
@@ -17,14 +19,14 @@ import re
 import sys
 import time
 
-from .errors import InvalidTicket, MalformedError, TesseraError
+from .errors import InvalidTicket, MalformedError, RegistryUnavailableError, TesseraError
 from .identity import RADSEC, UDP, ServerEntry, check_device_id, load_certificate, pem_certificate
 from .realm import Realm, create_kek, open_realm, read_kek
 from .registry import RegistryError
+from .registry_url import display_url, open_registry
 from .seal import point_bytes
 from .secretfile import SecretFileError, write_secret
 from .service import Policy
-from .sqlite_registry import SQLiteRegistry
 
 DEFAULT_DB = os.environ.get("TESSERA_DB", "/var/lib/tessera/registry.db")
 DEFAULT_KEK = os.environ.get("TESSERA_KEK", "/var/lib/tessera/kek")
@@ -128,11 +130,14 @@ def _device_row(r) -> dict:
 
 
 def cmd_init(a, now):
-    reg = SQLiteRegistry(a.db)
-    kek = read_kek(a.kek) if os.path.exists(a.kek) else create_kek(a.kek)
-    policy = Policy(a.registration_lifetime, a.tgt_lifetime, a.session_lifetime, a.clock_skew)
-    realm = Realm.init(reg, kek, a.realm, now, policy)
-    print(f"realm {realm.name} created in {a.db}; KEK {a.kek}; service key version 1")
+    reg = open_registry(a.registry)  # before the KEK: a refused registry leaves no KEK behind
+    try:
+        kek = read_kek(a.kek) if os.path.exists(a.kek) else create_kek(a.kek)
+        policy = Policy(a.registration_lifetime, a.tgt_lifetime, a.session_lifetime, a.clock_skew)
+        realm = Realm.init(reg, kek, a.realm, now, policy)
+    finally:
+        reg.close()
+    print(f"realm {realm.name} created in {display_url(a.registry)}; KEK {a.kek}; service key version 1")
     print(f"service public key: {realm.service_public_key.hex()}")
 
 
@@ -253,18 +258,32 @@ def cmd_export_ca(a, now, realm: Realm):
     print(f"device CA bundle (for the EAP module's ca_file) in {a.out}")
 
 
+def _sqlite_path(url: str) -> str | None:
+    """The file a SQLite registry (a bare path or sqlite:///path) is in; None for any other URL."""
+    if url.startswith("sqlite:"):
+        return url[len("sqlite://"):] if url.startswith("sqlite:///") else None
+    return None if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url) else url
+
+
 def _open(a) -> Realm:
-    if not os.path.exists(a.db):  # do not leave an empty registry behind a mistyped path
-        raise RegistryError(f"no registry at {a.db} (create one with `tessera-admin init`)")
+    path = _sqlite_path(a.registry)
+    if path is not None and path != ":memory:" and not os.path.exists(path):
+        # do not leave an empty registry behind a mistyped path
+        raise RegistryError(f"no registry at {path} (create one with `tessera-admin init`)")
     try:
-        return open_realm(a.db, a.kek)
+        return open_realm(a.registry, a.kek)
     except InvalidTicket:
-        raise RegistryError(f"the KEK in {a.kek} does not open the registry {a.db} (another realm's KEK?)") from None
+        raise RegistryError(f"the KEK in {a.kek} does not open the registry {display_url(a.registry)} "
+                            f"(another realm's KEK?)") from None
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tessera-admin", description=__doc__.split("\n")[0])
-    p.add_argument("--db", default=DEFAULT_DB, help=f"registry (SQLite file), default {DEFAULT_DB}")
+    p.add_argument("--registry", metavar="URL",
+                   help="the realm's registry: sqlite:///path/registry.db or postgresql://user@host/dbname "
+                        "(no password in the URL: libpq's ~/.pgpass, PGPASSFILE or ?passfile=); wins over --db")
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
+                   help=f"the registry as a SQLite file's path (or a URL, as --registry), default {DEFAULT_DB}")
     p.add_argument("--kek", default=DEFAULT_KEK, help=f"key-encryption key file (0600), default {DEFAULT_KEK}")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("init", help="create the realm: KEK, service keys, signing key, device CA")
@@ -334,12 +353,20 @@ def main(argv: list[str] | None = None) -> int:
             p.error("a RadSec bundle carries no shared secret: drop --secret, or use --transport udp")
     if a.cmd == "nas" and a.action == "add" and not (a.name and a.address and a.secret):
         p.error("nas add needs NAME ADDRESS --secret S")
+    a.registry = a.registry or a.db
     now = time.time()
     try:
         if a.cmd == "init":
             cmd_init(a, now)
         else:
-            COMMANDS[a.cmd](a, now, _open(a))
+            realm = _open(a)
+            try:
+                COMMANDS[a.cmd](a, now, realm)
+            finally:
+                realm.registry.close()
+    except RegistryUnavailableError as exc:  # its text names host, port and database, never a password
+        print(f"tessera-admin: {exc.reason} (registry {display_url(a.registry)})", file=sys.stderr)
+        return 1
     except (TesseraError, RegistryError, PermissionError, FileNotFoundError, ValueError, SecretFileError) as exc:
         print(f"tessera-admin: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ the realm's own device CA key; in the clear: the realm name, the CA certificate 
 manufacturer CA certificates. Every server of the realm opens the same registry with the same
 KEK and so holds the same keys; `reload_if_changed` picks up a rotation made by the CLI.
 
-`open_realm(db_path, kek_path)` is the one function here that touches files.
+`open_realm(registry, kek_path)` is the one function here that touches files (or a database).
 """
 
 from __future__ import annotations
@@ -268,7 +268,15 @@ def create_kek(path: str) -> bytes:
     return kek
 
 
-def open_realm(db_path: str, kek_path: str) -> Realm:
-    from .sqlite_registry import SQLiteRegistry
+def open_realm(registry: str, kek_path: str) -> Realm:
+    """The realm in the registry `registry` names (a `tessera.registry_url` URL, or a SQLite
+    file's path as before), opened with the KEK in `kek_path`. The registry is closed again if
+    the realm cannot be opened."""
+    from .registry_url import open_registry
 
-    return Realm(SQLiteRegistry(db_path), read_kek(kek_path))
+    reg = open_registry(registry)
+    try:
+        return Realm(reg, read_kek(kek_path))
+    except BaseException:
+        reg.close()
+        raise
