@@ -23,6 +23,7 @@ import pytest
 from tessera.lab.pki import LabPKI
 
 from tests.gate import require
+from tests.server import pgcluster
 from tests.server.realserver import make_server
 
 HERE = Path(__file__).resolve().parent
@@ -72,3 +73,9 @@ def stub_server(tmp_path_factory, tls_dir, stub_db):
     with make_server(directory, db=stub_db, kek=kek, tls_dir=tls_dir,
                      realm_opener="stub_realm:open_realm", python_path=(HERE,)) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One private PostgreSQL cluster for the session's tests (tests/server/pgcluster.py)."""
+    yield from pgcluster.cluster()

@@ -26,19 +26,9 @@ from tessera.cli import main
 from tessera.identity import DeviceKey
 from tessera.realm import open_realm
 from tessera.registry import DeviceState
-from tests.gate import require
+from tests.server.pgcluster import PASSWORD  # the shared cluster's (pg_cluster, conftest.py)
 
-PASSWORD = "pw-Cl1:x r9"  # a colon and a space: the passfile escapes the one, libpq quotes the other
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="session")
-def pg_cluster():
-    require("root", "postgresql")
-    from tessera.lab.postgres import private_cluster
-    with private_cluster(address="127.0.0.1") as cluster:
-        cluster.psql(f"ALTER ROLE \"{cluster.role}\" PASSWORD '{PASSWORD}'")
-        yield cluster
 
 
 _dbs = itertools.count(1)

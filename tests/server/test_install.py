@@ -22,10 +22,10 @@ from tessera.lab import radiusd
 from tessera.radius.client import RadiusClient, Server
 
 from tests.gate import needs_freeradius
+from tests.server.installed import AS_FREERAD
 
 pytestmark = needs_freeradius
 REPO = Path(__file__).resolve().parents[2]
-AS_FREERAD = ("setpriv", "--reuid=freerad", "--regid=freerad", "--init-groups")
 ADDRESS = "127.0.0.1"
 SECRET = "install-test-secret"  # the devices'
 NAS_SECRET = "install-test-nas-secret"  # the switches'

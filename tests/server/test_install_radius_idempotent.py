@@ -17,7 +17,6 @@ Every run goes into a scratch copy of Debian's /etc/freeradius under /var/tmp (f
 it), never the machine's own; the registry is freerad's, so the test reads it as freerad.
 """
 
-import json
 import os
 import re
 import shutil
@@ -32,10 +31,10 @@ from tessera.lab import radiusd
 from tessera.radius.client import RadiusClient, Server
 
 from tests.gate import needs_freeradius
+from tests.server.installed import AS_FREERAD, registry
 
 pytestmark = needs_freeradius
 REPO = Path(__file__).resolve().parents[2]
-AS_FREERAD = ("setpriv", "--reuid=freerad", "--regid=freerad", "--init-groups")
 OTHER_HOST = "radius-a.other.example"
 
 
@@ -109,15 +108,6 @@ def entries(root: Path, cls: str) -> list[tuple[str, str]]:
     return re.findall(r"ipv?6?addr = (\S+)\n\t\tsecret = (\S+)", section(root, cls))
 
 
-def registry(root: Path, sql: str, *params) -> list:
-    venv_python = root / "usr" / "local" / "lib" / "tessera" / "venv" / "bin" / "python"
-    code = ("import json, sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
-            "rows = db.execute(sys.argv[2], json.loads(sys.argv[3])).fetchall(); db.commit(); "
-            "print(json.dumps(rows))")
-    out = subprocess.run([*AS_FREERAD, str(venv_python), "-I", "-c", code,
-                          str(root / "var" / "lib" / "tessera" / "registry.db"), sql, json.dumps(params)],
-                         capture_output=True, text=True, check=True)
-    return [tuple(r) for r in json.loads(out.stdout)]
 
 
 def configured_id(root: Path) -> str:

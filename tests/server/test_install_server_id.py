@@ -13,7 +13,6 @@ The scratch root is like test_install.py's (a copy of Debian's /etc/freeradius u
 the registry is freerad's, so the test reads and edits it as freerad.
 """
 
-import json
 import os
 import shutil
 import socket
@@ -24,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from tests.gate import needs_freeradius
+from tests.server.installed import registry
 
 pytestmark = needs_freeradius
 REPO = Path(__file__).resolve().parents[2]
-AS_FREERAD = ("setpriv", "--reuid=freerad", "--regid=freerad", "--init-groups")
 OTHER_HOST = "radius-a.other.example"
 
 
@@ -48,16 +47,6 @@ def install(root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def registry(root: Path, sql: str, *params) -> list:
-    """Run one statement on the installed registry as freerad (its owner); returns the rows."""
-    venv_python = root / "usr" / "local" / "lib" / "tessera" / "venv" / "bin" / "python"
-    code = ("import json, sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
-            "rows = db.execute(sys.argv[2], json.loads(sys.argv[3])).fetchall(); db.commit(); "
-            "print(json.dumps(rows))")
-    out = subprocess.run([*AS_FREERAD, str(venv_python), "-I", "-c", code,
-                          str(root / "var" / "lib" / "tessera" / "registry.db"), sql, json.dumps(params)],
-                         capture_output=True, text=True, check=True)
-    return [tuple(r) for r in json.loads(out.stdout)]
 
 
 def configured_id(root: Path) -> str:

@@ -29,9 +29,9 @@ from tessera import pg_registry, sqlite_registry
 from tessera.registry import (AuditEvent, DeviceRecord, DeviceState, Registered, RegistryError, ServerIdError,
                               ServerRecord, claim_server_id)
 from tessera.registry_url import display_url, open_registry
-from tests.gate import missing, require
+from tests.gate import missing
+from tests.server.pgcluster import PASSWORD  # the shared cluster's (pg_cluster, conftest.py)
 
-PASSWORD = "pw-Zq8x!r3 s"  # the role's password on TCP (a space and a quote-worthy char: libpq quoting)
 
 
 def rec(device_id="SN-1", serial=None):
@@ -177,15 +177,6 @@ class PostgresBackend:
     def close(self) -> None:
         for reg in self._opened:
             reg.close()
-
-
-@pytest.fixture(scope="session")
-def pg_cluster():
-    require("root", "postgresql")
-    from tessera.lab.postgres import private_cluster
-    with private_cluster(address="127.0.0.1") as cluster:
-        cluster.psql(f"ALTER ROLE \"{cluster.role}\" PASSWORD '{PASSWORD}'")
-        yield cluster
 
 
 _dbs = itertools.count(1)

@@ -621,6 +621,21 @@ def test_a_flood_that_spends_the_total_does_not_stop_a_rekey(pair):
     assert both_ways(pair)
 
 
+def rekey_losing_b_from_its_confirm(pair) -> list[float]:
+    """Start an epoch-driven rekey of SN-A with SN-B in which every frame of B is lost for 11 s
+    from its first PeerConfirm on; returns [when the loss ends] once it has begun."""
+    blackout: list[float] = []
+
+    def wire(dev, dst, payload):
+        if dev == "SN-B" and payload[1] == CONFIRM and not blackout:
+            blackout.append(pair.now + 11)
+        return 0 if dev == "SN-B" and blackout and pair.now < blackout[0] else 1
+    pair.wire = wire
+    b = pair.nodes["SN-B"]
+    pair.run([("SN-A", FrameReceived(pair.macs["SN-B"], announce("SN-B", b.epoch + 1)))])
+    return blackout
+
+
 def test_a_lost_confirm_at_an_epoch_rekey_keeps_a_to_b_flowing(pair):
     """F8: an epoch-driven rekey whose PeerConfirm never reaches SN-A (every frame of B lost for
     11 s from it on). B took A's PeerFinished and sends under the new key, but keeps the old one
@@ -629,14 +644,7 @@ def test_a_lost_confirm_at_an_epoch_rekey_keeps_a_to_b_flowing(pair):
     handshake and retries the rekey it still wants until one stands."""
     a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
     first = a.sessions["SN-B"]
-    blackout: list[float] = []
-
-    def wire(dev, dst, payload):
-        if dev == "SN-B" and payload[1] == CONFIRM and not blackout:
-            blackout.append(pair.now + 11)
-        return 0 if dev == "SN-B" and blackout and pair.now < blackout[0] else 1
-    pair.wire = wire
-    pair.run([("SN-A", FrameReceived(pair.macs["SN-B"], announce("SN-B", b.epoch + 1)))])
+    blackout = rekey_losing_b_from_its_confirm(pair)
     assert blackout and b.sessions["SN-A"].channel.session_id != first.channel.session_id
     start = pair.now
     for at in (5, 12, 20):
@@ -658,14 +666,7 @@ def test_every_key_a_left_goes_a_grace_after_its_first_new_record(pair):
     it is dropped (B keeps it for the session's life instead)."""
     a, b = pair.nodes["SN-A"], pair.nodes["SN-B"]
     first = a.sessions["SN-B"]
-    blackout: list[float] = []
-
-    def wire(dev, dst, payload):
-        if dev == "SN-B" and payload[1] == CONFIRM and not blackout:
-            blackout.append(pair.now + 11)
-        return 0 if dev == "SN-B" and blackout and pair.now < blackout[0] else 1
-    pair.wire = wire
-    pair.run([("SN-A", FrameReceived(pair.macs["SN-B"], announce("SN-B", b.epoch + 1)))])
+    assert rekey_losing_b_from_its_confirm(pair)  # the loss began
     until(pair, lambda: established_both_ways(pair) and a.sessions["SN-B"] is not first, 60)
     late = first.channel.seal(b"under the old key")
     assert both_ways(pair)
