@@ -5,7 +5,11 @@ How this works: one thread owns the node and waits in select() on the carrier wa
 pipe and the status socket; it ticks the node every `tick` seconds. Each action the node returns
 is carried out here:
 
-    StartAdmission  → wpa_supplicant SET_NETWORK (EAP-TLS files or EAP-PWD password) + restart
+    StartAdmission  → wpa_supplicant SET_NETWORK (EAP-TLS files or EAP-PWD password) + restart;
+                      its events come back as PortAuthorized (EAP-SUCCESS), PortRejected
+                      (EAP-FAILURE), IdentityRequested (EAP-STARTED: the switch relays now) and
+                      MethodProposed (EAP-PROPOSED-METHOD: the RADIUS server answered); a silence
+                      between the last two is a dead server, not a refusal (tessera.node)
     RadiusRequest   → a worker thread runs the RADIUS client (failover across the bundle's
                       servers; `build(server_id)` is called under the node lock) and posts the
                       answer back through the wake-up pipe: over RadSec (the bundle's default,
@@ -52,13 +56,15 @@ import traceback
 
 from tessera.agent.l2 import PacketTransport
 from tessera.agent.link import CarrierWatcher, LinkDown as NetLinkDown, LinkUp as NetLinkUp
-from tessera.agent.supplicant import EAP_FAILURE, EAP_SUCCESS, PwdCredentials, Supplicant, TlsCredentials
+from tessera.agent.supplicant import (EAP_FAILURE, EAP_PROPOSED_METHOD, EAP_STARTED, EAP_SUCCESS, PwdCredentials,
+                                      Supplicant, TlsCredentials)
 from tessera.device import DeviceClient
 from tessera.errors import MalformedError, TesseraError
 from tessera.identity import RADSEC, BootstrapBundle, DeviceKey
 from tessera.secretfile import write_secret
-from tessera.node import (Deliver, FrameReceived, LinkDown, LinkUp, Log, Node, PortAuthorized, PortRejected,
-                          RadiusAnswer, RadiusFailed, RadiusRequest, SaveState, SendFrame, StartAdmission, Timers)
+from tessera.node import (Deliver, FrameReceived, IdentityRequested, LinkDown, LinkUp, Log, MethodProposed, Node,
+                          PortAuthorized, PortRejected, RadiusAnswer, RadiusFailed, RadiusRequest, SaveState, SendFrame,
+                          StartAdmission, Timers)
 from tessera.radius.client import NoServerAnsweredError, RadiusClient, RejectedError, Server, load_dictionary
 from tessera.radius.radsec import RadSecClient, RadSecServer, tls_context
 
@@ -263,6 +269,10 @@ class Agent:
                             self.feed(PortAuthorized(self.node.method.split("-")[0] if self.node.method else "tls"))
                         elif ev.name == EAP_FAILURE:
                             self.feed(PortRejected((self.node.method or "tls").split("-")[0], ev.name))
+                        elif ev.name == EAP_STARTED:
+                            self.feed(IdentityRequested())
+                        elif ev.name == EAP_PROPOSED_METHOD:
+                            self.feed(MethodProposed(ev.text))  # the RADIUS path answers
                 if self.transport in ready:
                     for _ in range(256):
                         got = self.transport.recv()

@@ -15,6 +15,12 @@ the next comes 30 s later.  :func:`on_link_action` (pure) says what to do on a c
 start over on LinkUp — and :meth:`Supplicant.on_link` does it with ``REASSOCIATE``, which
 restarts the EAPOL state machine and sends EAPOL-Start at once.
 
+Events tell a silent RADIUS path from a refusal: ``CTRL-EVENT-EAP-STARTED`` (:data:`EAP_STARTED`)
+comes from the switch's own EAP-Request/Identity (the switch relays to RADIUS from then on),
+``CTRL-EVENT-EAP-PROPOSED-METHOD`` (:data:`EAP_PROPOSED_METHOD`) only once the RADIUS server
+answered with its first method request (eap_peer GET_METHOD), and ``CTRL-EVENT-EAP-FAILURE`` is a
+refusal.
+
 Credentials switch at run time with ``SET_NETWORK`` (:meth:`Supplicant.set_credentials`),
 e.g. from the device certificate to the LLK-based method once the device has one.
 """
@@ -35,6 +41,10 @@ from tessera.agent.link import LinkDown, LinkEvent, LinkUp, call_in_netns
 
 EAP_SUCCESS = "CTRL-EVENT-EAP-SUCCESS"
 EAP_FAILURE = "CTRL-EVENT-EAP-FAILURE"
+# the server's first method request (only the RADIUS server proposes one; EAP-STARTED is the
+# authenticator's own Identity request and says nothing about the RADIUS path)
+EAP_PROPOSED_METHOD = "CTRL-EVENT-EAP-PROPOSED-METHOD"
+EAP_STARTED = "CTRL-EVENT-EAP-STARTED"  # the authenticator's EAP-Request/Identity
 CONNECTED = "CTRL-EVENT-CONNECTED"
 DISCONNECTED = "CTRL-EVENT-DISCONNECTED"
 OUTCOMES = frozenset({EAP_SUCCESS, EAP_FAILURE})

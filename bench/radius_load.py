@@ -35,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tessera.radius.client import RadiusClient, Server
 
@@ -48,6 +49,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children, e.g. a PostgreSQL postmaster and its backends: its
+    own utime + stime, what it has reaped (cutime + cstime: backends and autovacuum workers
+    that already exited), plus utime + stime of every child still alive (found by PPid in
+    /proc). One level deep: a postmaster's children do not fork."""
+    tck = os.sysconf("SC_CLK_TCK")
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    total = sum(int(f) for f in fields[11:15]) / tck
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile: its time is now in the parent's cutime/cstime
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tck
+    return total
+
+
 @dataclass
 class Result:
     sent: int
@@ -56,6 +79,7 @@ class Result:
     lost: int
     seconds: float
     server_cpu: float | None
+    extra_cpu: float | None = None  # what ``run_load(extra_cpu=...)`` measured, e.g. PostgreSQL's
 
     @property
     def answered(self) -> int:
@@ -85,8 +109,10 @@ def prebuild(server: Server, requests: list[tuple[str, bytes]], sockets: int | N
 
 
 def run_load(server: Server, built, pid: int | None = None, window: int = 256,
-             timeout: float = 2.0) -> Result:
-    """Send all pre-built packets keeping up to ``window`` in flight; returns the counts."""
+             timeout: float = 2.0, extra_cpu: Callable[[], float] | None = None) -> Result:
+    """Send all pre-built packets keeping up to ``window`` in flight; returns the counts.
+    ``extra_cpu``: a CPU-seconds reading taken before and after as well (another process the
+    server uses, e.g. ``lambda: tree_cpu_seconds(postmaster_pid)``)."""
     packets, n_sockets = built
     window = min(window, n_sockets * IDS_PER_SOCKET)
     addr = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_DGRAM)[0]
@@ -105,6 +131,7 @@ def run_load(server: Server, built, pid: int | None = None, window: int = 256,
         poller.register(s.fileno(), select.EPOLLIN)
 
     cpu0 = cpu_seconds(pid) if pid else None
+    extra0 = extra_cpu() if extra_cpu else None
     t0 = time.monotonic()
     i = 0
     try:
@@ -139,11 +166,12 @@ def run_load(server: Server, built, pid: int | None = None, window: int = 256,
     finally:
         seconds = time.monotonic() - t0
         cpu1 = cpu_seconds(pid) if pid else None
+        extra1 = extra_cpu() if extra_cpu else None
         poller.close()
         for s in socks:
             s.close()
     return Result(len(packets), accepted, rejected, lost, seconds,
-                  (cpu1 - cpu0) if pid else None)
+                  (cpu1 - cpu0) if pid else None, (extra1 - extra0) if extra_cpu else None)
 
 
 def _stub_server(workdir: Path):

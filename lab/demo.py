@@ -6,6 +6,12 @@ brings every link up at once and prints each device's agent log as it happens �
 registered, ticketed, peered — sends encrypted frames between every pair, and ends with a summary
 table, the link-up → first-encrypted-frame times and a pcap of the switch. Everything it made is
 removed at the end, also after a failure or Ctrl-C.
+
+`--servers N` (1-5) with `--registry postgresql` builds a realm on several hosts instead
+(`tessera.lab.topology`): PostgreSQL in its own namespace, N FreeRADIUS servers each in its own,
+the switch and the devices' bundles listing them all. More than one server implies PostgreSQL
+(a SQLite file belongs to one host); `--registry postgresql` also takes one server. The output
+is the default demo's, plus the servers and which of them served what.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sys
 import time
 
 from tessera.lab.netns import Lab
-from tessera.lab.topology import RealmLab
+from tessera.lab.topology import POSTGRESQL, SQLITE, RealmLab
 
 LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) tessera\.agent (\S+?):? (.*)$")
 
@@ -54,15 +60,18 @@ class LogFollower:
             print(f"  [{rel:+7.3f}s] {dev:<7} {text}", file=self.out, flush=True)
 
 
-def run(n: int, timeout: float, pcap: str, keep: bool) -> int:
-    print(f"Tessera lab: building a realm with {n} devices and one stranger in network namespaces…", flush=True)
+def run(n: int, timeout: float, pcap: str, keep: bool, servers: int = 1, registry: str = SQLITE) -> int:
+    several = "" if registry == SQLITE else f" ({servers} RADIUS server{'s' * (servers > 1)}, registry in PostgreSQL)"
+    print(f"Tessera lab: building a realm with {n} devices and one stranger in network namespaces{several}…", flush=True)
     t_build = time.monotonic()
     with Lab() as lab:
-        rl = RealmLab(lab, n + 1, enrol=n)
-        try:
-            return _demo(rl, n, timeout, pcap, t_build)
+        try:  # the work directory goes also when the build fails
+            rl = RealmLab(lab, n + 1, enrol=n, servers=servers, registry=registry)
+            try:
+                return _demo(rl, n, timeout, pcap, t_build)
+            finally:
+                rl.close()
         finally:
-            rl.close()
             if keep:
                 print(f"logs kept in {lab.workdir}")
             else:
@@ -71,12 +80,24 @@ def run(n: int, timeout: float, pcap: str, keep: bool) -> int:
 
 def _demo(rl: RealmLab, n: int, timeout: float, pcap: str, t_build: float) -> int:
     devices, stranger = rl.devices[:n], rl.devices[n]
-    print(f"  realm {rl.realm.name}: registry {rl.dir / 'registry.db'}, service key kvno {rl.realm.keyring.current.kvno}")
-    print(f"  FreeRADIUS {rl.cfg.server_id} at {rl.cfg.address} (pid {rl.radius.pid}): switches on UDP {rl.cfg.nas_port}, "
-          f"devices on RadSec {rl.cfg.radsec_port} (TLS, device certificate); with the "
-          f"Tessera module; switch {rl.switch.ns} with {len(rl.devices)} 802.1X ports (hostapd each, nftables)")
-    for d in devices:
-        print(f"  enrolled {d.device_id} (generated key pair, bootstrap bundle) on port {d.dev.port}, {d.dev.mac}")
+    if rl.postgres is None:
+        print(f"  realm {rl.realm.name}: registry {rl.dir / 'registry.db'}, service key kvno {rl.realm.keyring.current.kvno}")
+        print(f"  FreeRADIUS {rl.cfg.server_id} at {rl.cfg.address} (pid {rl.radius.pid}): switches on UDP {rl.cfg.nas_port}, "
+              f"devices on RadSec {rl.cfg.radsec_port} (TLS, device certificate); with the "
+              f"Tessera module; switch {rl.switch.ns} with {len(rl.devices)} 802.1X ports (hostapd each, nftables)")
+    else:
+        pg = rl.postgres
+        print(f"  realm {rl.realm.name}: registry {rl.registry_display()}, service key kvno {rl.realm.keyring.current.kvno}")
+        print(f"  PostgreSQL 15 in {pg.ns} at {pg.address}:{pg.port} (pid {pg.pid}), scram-sha-256 from the back end; "
+              f"a passfile per server")
+        for h in rl.hosts:
+            print(f"  FreeRADIUS {h.server_id} in {h.ns} at {h.front}, back end {h.back} (pid {h.pid}): switches on "
+                  f"UDP {h.cfg.nas_port}, devices on RadSec {h.cfg.radsec_port}; with the Tessera module")
+        print(f"  switch {rl.switch.ns} with {len(rl.devices)} 802.1X ports (hostapd each, nftables), RADIUS failover "
+              f"order {', '.join(h.server_id for h in rl.hosts)}")
+    for i, d in enumerate(devices, 1):
+        order = "" if rl.postgres is None else f"; its bundle lists {', '.join(s.server_id for s in rl.bundle_servers(i))}"
+        print(f"  enrolled {d.device_id} (generated key pair, bootstrap bundle) on port {d.dev.port}, {d.dev.mac}{order}")
     print(f"  {stranger.device_id} on port {stranger.dev.port} is NOT enrolled (certificate from an unknown maker)")
     for d in rl.devices:
         rl.set_carrier(d, False)
@@ -140,6 +161,13 @@ def _demo(rl: RealmLab, n: int, timeout: float, pcap: str, t_build: float) -> in
     if peered_at:
         print(f"\nall {len(peered_at)} enrolled devices peered {max(peered_at.values()):.2f} s after link-up "
               f"(first: {min(peered_at.values()):.2f} s); every pair then exchanged encrypted frames")
+    if rl.postgres is not None:
+        regs = rl.registrations_by_server()
+        print("registrations by server (the registry's audit): " + ", ".join(f"{k} {v}" for k, v in regs.items()))
+        print("RadSec connections: " + ", ".join(f"{d.device_id} → {'+'.join(rl.radsec_servers(d)) or '-'}"
+                                                for d in devices))
+        print("802.1X admissions by server (their logs; hostapd uses the first until it stops answering): "
+              + ", ".join(f"{k} {v}" for k, v in rl.admissions_by_server().items()))
     stats = rl.stop_capture()  # tcpdump flushes and exits: the file now holds every frame
     if stats is not None:
         print(f"pcap of the switch: {stats.captured} frames captured, {stats.dropped} dropped by the kernel")
@@ -166,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--pcap", default="tessera-lab.pcap")
     p.add_argument("--keep", action="store_true", help="keep the lab's logs and configuration")
+    p.add_argument("--servers", type=int, default=1, help="RADIUS servers, each in its own namespace (1-5; "
+                   "more than one implies --registry postgresql)")
+    p.add_argument("--registry", choices=(SQLITE, POSTGRESQL), default=None,
+                   help="the realm's registry: sqlite (one file, the default for one server) or postgresql "
+                        "(a private cluster in its own namespace, shared by the servers)")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         print("the lab needs root (network namespaces)", file=sys.stderr)
@@ -173,8 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     if not 2 <= a.devices <= 60:
         print("--devices must be between 2 and 60", file=sys.stderr)
         return 2
+    if not 1 <= a.servers <= 5:
+        print("--servers must be between 1 and 5", file=sys.stderr)
+        return 2
+    registry = a.registry or (POSTGRESQL if a.servers > 1 else SQLITE)
+    if registry == SQLITE and a.servers > 1:
+        print("several servers share the registry in PostgreSQL, as separate hosts would: "
+              "use --registry postgresql (a SQLite file belongs to one host)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING)
-    return run(a.devices, a.timeout, a.pcap, a.keep)
+    return run(a.devices, a.timeout, a.pcap, a.keep, a.servers, registry)
 
 
 if __name__ == "__main__":

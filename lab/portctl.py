@@ -3,17 +3,40 @@
 How this works
 --------------
 :class:`PortTable` is the decision core, pure and unit-tested: it takes facts
-(``station_authorized``, ``station_gone``, ``carrier``) and returns :class:`Action` values —
-``Allow``/``Block`` (an nft set change) and ``Kick`` (tell hostapd to deauthenticate a
-station, because hostapd ``driver=wired`` ignores carrier and would keep it authorized).
+(``station_authorized``, ``station_gone``, ``station_removed``, ``carrier``, the clock) and
+returns :class:`Action` values — ``Allow``/``Block`` (an nft set change), ``Kick`` (tell hostapd
+to deauthenticate a station, because hostapd ``driver=wired`` ignores carrier and would keep it
+authorized) and ``Readmit`` (ask hostapd to start EAP for a station it dropped behind our back).
 :func:`table_input` maps a hostapd control-interface event to such a fact.
+
+A kicked station is not gone at once: hostapd 2.10 clears its authorization
+(AP-STA-DISCONNECTED) and frees it ``AP_MAX_INACTIVITY_AFTER_DEAUTH`` = 5 s later
+(src/ap/sta_info.c, ap_sta_deauthenticate), whatever happened meanwhile.  A cable back within
+those 5 s re-admits the device on the same station (AP-STA-CONNECTED, measured 27 ms after
+link-up), and the old timer then frees it ("deauthenticated due to local deauth request":
+AP-STA-DISCONNECTED, and any RADIUS request in flight flushed).  The device is not told
+(``driver=wired`` sends no deauthentication frame), so it would sit behind a closed port
+believing it is admitted.  The controller tells that removal from other disconnections by asking
+hostapd (``STA <mac>``) after the event: a deauthentication (the kick, a Disconnect-Request)
+leaves the station listed for its 5 s, a freed one is not listed — ``station_removed``.  It
+closes the port as for any loss and readmits: ``NEW_STA <mac>`` makes hostapd add the station
+and send EAP-Request/Identity, the device's supplicant answers from AUTHENTICATED, and the port
+opens again on that fresh EAP success (measured: closed 9 ms, 5 s after the kick).  A station
+freed while its re-admission is still under way (a slow or dead RADIUS server) was never
+authorized again, so hostapd says nothing; the table therefore remembers when each kicked
+station is freed (:meth:`PortTable.tick`, a second after hostapd's 5 s) and readmits it then if
+its wire is up and it is not admitted (``NEW_STA`` leaves a station hostapd still holds alone).
+The remedy is a new authentication, never an opening: whatever a removal is taken for, a revoked
+device or a silent wire stays closed.
 
 :class:`PortController` is the thin I/O shell, one thread in the lab process: it ATTACHes to
 each port's hostapd control socket, subscribes to RTM_NEWLINK in the switch namespace with
 pyroute2, ``select()``s on all of them, feeds :class:`PortTable`, and carries the actions out
-(``nft`` in the switch namespace, ``DEAUTHENTICATE`` on the control socket).  Its state is
+(``nft`` in the switch namespace; ``DEAUTHENTICATE``, ``NEW_STA`` and ``STA`` on a second,
+unattached control socket per port, so that no event waits behind a reply).  Its state is
 queryable (:meth:`PortController.authorized`, :attr:`PortController.log`) and every change is
-logged with a timestamp.  No polling: it sleeps until hostapd or the kernel says something.
+logged with a timestamp.  No polling: it sleeps until hostapd or the kernel says something, or
+until a kicked station is due to have been freed.
 """
 
 from __future__ import annotations
@@ -57,11 +80,19 @@ class Kick:
     mac: str
 
 
-Action = Allow | Block | Kick
+@dataclass(frozen=True)
+class Readmit:
+    """Ask the port's hostapd to add mac again and start EAP for it (it freed it after a kick)."""
+    port: str
+    mac: str
+
+
+Action = Allow | Block | Kick | Readmit
 
 # hostapd event name -> PortTable input.  AP-STA-CONNECTED is hostapd's "station is now
 # authorized" for wired ports; DISCONNECTED covers logoff, deauthentication and a failed
-# re-authentication; EAP-FAILURE2 closes a station that had been open.
+# re-authentication; EAP-FAILURE2 closes a station that had been open.  The shell turns an
+# AP-STA-DISCONNECTED of a station hostapd no longer lists into "station_removed".
 EVENT_INPUT = {
     "AP-STA-CONNECTED": "station_authorized",
     "AP-STA-DISCONNECTED": "station_gone",
@@ -70,6 +101,11 @@ EVENT_INPUT = {
     "CTRL-EVENT-EAP-TIMEOUT-FAILURE2": "station_gone",
     "CTRL-EVENT-EAP-TIMEOUT-FAILURE": "station_gone",
 }
+
+
+# hostapd frees a deauthenticated station AP_MAX_INACTIVITY_AFTER_DEAUTH (5 s) after the kick;
+# the table looks a second later
+FREED_AFTER_KICK = 5.0 + 1.0
 
 
 def table_input(ev: CtrlEvent) -> str | None:
@@ -81,19 +117,25 @@ def table_input(ev: CtrlEvent) -> str | None:
 
 @dataclass
 class PortTable:
-    """Which stations are authorized on which ports, and which ports have carrier."""
+    """Which stations are authorized on which ports, which ports have carrier, and when hostapd
+    frees the stations it was told to deauthenticate (``now``: seconds on a monotonic clock)."""
     ports: dict[str, set[str]] = field(default_factory=dict)
     carrier: dict[str, bool] = field(default_factory=dict)
+    freed_at: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def add_port(self, port: str) -> None:
         self.ports.setdefault(port, set())
 
-    def station_authorized(self, port: str, mac: str) -> list[Action]:
+    def _kick(self, port: str, mac: str, now: float) -> Kick:
+        self.freed_at[(port, mac)] = now + FREED_AFTER_KICK
+        return Kick(port, mac)
+
+    def station_authorized(self, port: str, mac: str, now: float) -> list[Action]:
         macs = self.ports.setdefault(port, set())
         if mac in macs:
             return []  # re-authentication of an open station: nothing changes
         if self.carrier.get(port) is False:
-            return [Kick(port, mac)]  # authorized on a dead wire: refuse, tell hostapd
+            return [self._kick(port, mac, now)]  # authorized on a dead wire: refuse it
         open_port = not macs
         macs.add(mac)
         return [Allow(port, mac, open_port)]
@@ -105,7 +147,14 @@ class PortTable:
         macs.discard(mac)
         return [Block(port, mac, close_port=not macs)]
 
-    def set_carrier(self, port: str, up: bool) -> list[Action]:
+    def station_removed(self, port: str, mac: str) -> list[Action]:
+        """hostapd freed an admitted station (a deauthentication's late timer): close it and have
+        hostapd start EAP for it again.  (On a dead wire nothing is admitted: carrier loss
+        closed it.)"""
+        acts = self.station_gone(port, mac)
+        return acts + [Readmit(port, mac)] if acts else []
+
+    def set_carrier(self, port: str, up: bool, now: float) -> list[Action]:
         was = self.carrier.get(port)
         self.carrier[port] = up
         if up or was is False:
@@ -113,19 +162,45 @@ class PortTable:
         acts: list[Action] = []
         for mac in sorted(self.ports.get(port, set())):
             acts += self.station_gone(port, mac)
-            acts.append(Kick(port, mac))
+            acts.append(self._kick(port, mac, now))
         return acts
 
-    def feed(self, what: str, port: str, mac: str) -> list[Action]:
+    def next_due(self) -> float | None:
+        """When :meth:`tick` has something to do next (None: nothing is pending)."""
+        return min(self.freed_at.values(), default=None)
+
+    def tick(self, now: float) -> list[Action]:
+        """Stations hostapd has freed by now after a kick: where the wire came back and the
+        station is not admitted (a re-admission the removal cut short, or none begun), have
+        hostapd start EAP for it.  hostapd says nothing when it frees a station it did not
+        hold authorized."""
+        acts: list[Action] = []
+        for (port, mac), at in sorted(self.freed_at.items()):
+            if at <= now:
+                del self.freed_at[(port, mac)]
+                if self.carrier.get(port) and mac not in self.ports.get(port, set()):
+                    acts.append(Readmit(port, mac))
+        return acts
+
+    def feed(self, what: str, port: str, mac: str, now: float) -> list[Action]:
         """Dispatch a named input (see EVENT_INPUT) for (port, mac)."""
         if what == "station_authorized":
-            return self.station_authorized(port, mac)
+            return self.station_authorized(port, mac, now)
         if what == "station_gone":
             return self.station_gone(port, mac)
+        if what == "station_removed":
+            return self.station_removed(port, mac)
         raise ValueError(f"unknown input {what!r}")
 
 
 # ---------------------------------------------------------------- I/O shell
+
+def _by_port(actions: list[Action]) -> dict[str, list[Action]]:
+    out: dict[str, list[Action]] = {}
+    for a in actions:
+        out.setdefault(a.port, []).append(a)
+    return out
+
 
 @dataclass(frozen=True)
 class LogEntry:
@@ -150,7 +225,8 @@ class PortController(threading.Thread):
         self.log: list[LogEntry] = []
         self.error: BaseException | None = None
         self._cond = threading.Condition()
-        self._clients: dict[str, CtrlClient] = {}
+        self._clients: dict[str, CtrlClient] = {}   # attached: events only
+        self._cmds: dict[str, CtrlClient] = {}      # requests and their replies
         self._stop_r, self._stop_w = os.pipe()
         self._ports = list(ports)
         self._ready = threading.Event()
@@ -158,7 +234,7 @@ class PortController(threading.Thread):
         self._links = CarrierWatcher(list(self._ports), netns=ns)
         nft.apply(ns, nft.ruleset(self._ports, table))
         for ev in self._links.initial():
-            self.state.set_carrier(ev.ifname, isinstance(ev, LinkUp))
+            self.state.set_carrier(ev.ifname, isinstance(ev, LinkUp), time.monotonic())
         for port in self._ports:
             self._attach(port)
 
@@ -203,7 +279,7 @@ class PortController(threading.Thread):
         os.write(self._stop_w, b"x")
         if self.is_alive():
             self.join(5)
-        for c in self._clients.values():
+        for c in (*self._clients.values(), *self._cmds.values()):
             c.close()
         self._links.close()
         os.close(self._stop_r)
@@ -214,8 +290,9 @@ class PortController(threading.Thread):
         client = CtrlClient(os.path.join(self.ctrl_dir, port))
         client.attach()
         self._clients[port] = client
+        self._cmds[port] = CtrlClient(os.path.join(self.ctrl_dir, port))
         self.state.add_port(port)
-        self._sync(port, client)
+        self._sync(port, self._cmds[port])
 
     def _sync(self, port: str, client: CtrlClient) -> None:
         """Adopt stations hostapd already holds as authorized (controller started late)."""
@@ -223,7 +300,8 @@ class PortController(threading.Thread):
         while reply.strip() and not reply.startswith("FAIL"):
             mac = reply.splitlines()[0].strip()
             if "[AUTHORIZED]" in parse_kv(reply).get("flags", ""):
-                self._do(port, self.state.station_authorized(port, mac), "sync", mac)
+                acts = self.state.station_authorized(port, mac, time.monotonic())
+                self._do(port, acts, "sync", mac)
             reply = client.request(f"STA-NEXT {mac}")
 
     def _record(self, port: str, what: str, mac: str | None) -> None:
@@ -243,33 +321,54 @@ class PortController(threading.Thread):
                                                        self.table))
                     self._record(a.port, "block" + (" +close" if a.close_port else ""), a.mac)
                 elif isinstance(a, Kick):
-                    try:
-                        self._clients[a.port].request(f"DEAUTHENTICATE {a.mac}")
-                    except (CtrlError, OSError, KeyError) as e:
-                        log.warning("deauthenticate %s on %s: %s", a.mac, a.port, e)
+                    self._command(a.port, f"DEAUTHENTICATE {a.mac}")
                     self._record(a.port, "kick", a.mac)
+                elif isinstance(a, Readmit):
+                    self._command(a.port, f"NEW_STA {a.mac}")
+                    self._record(a.port, "readmit", a.mac)
             self._cond.notify_all()
+
+    def _command(self, port: str, cmd: str) -> None:
+        try:
+            self._cmds[port].ok(cmd)
+        except (CtrlError, OSError, KeyError) as e:
+            log.warning("%s on %s: %s", cmd, port, e)
+
+    def _listed(self, port: str, mac: str) -> bool:
+        """Whether the port's hostapd still holds a station for mac (``STA <mac>``)."""
+        try:
+            reply = self._cmds[port].request(f"STA {mac}")
+        except (CtrlError, OSError, KeyError) as e:
+            log.warning("STA %s on %s: %s", mac, port, e)
+            return True  # unknown: treat as an ordinary disconnection
+        return bool(reply.strip()) and not reply.startswith("FAIL")
 
     def _on_link(self, ev: LinkEvent) -> None:
         up = isinstance(ev, LinkUp)
-        acts = self.state.set_carrier(ev.ifname, up)
+        acts = self.state.set_carrier(ev.ifname, up, time.monotonic())
         self._do(ev.ifname, acts, "carrier-up" if up else "carrier-down", None)
 
     def _on_ctrl(self, port: str, ev: CtrlEvent) -> None:
         what = table_input(ev)
+        if ev.name == "AP-STA-DISCONNECTED" and ev.mac and not self._listed(port, ev.mac):
+            what = "station_removed"
         if what is None:
             if ev.name.startswith(("CTRL-EVENT-EAP", "AP-STA")):
                 with self._cond:
                     self._record(port, ev.name, ev.mac)
                     self._cond.notify_all()
             return
-        self._do(port, self.state.feed(what, port, ev.mac), ev.name, ev.mac)
+        self._do(port, self.state.feed(what, port, ev.mac, time.monotonic()), ev.name, ev.mac)
 
     def run(self) -> None:
         try:
             while not self._stopping:
                 by_fd = {c.fileno(): (p, c) for p, c in self._clients.items()}
-                r, _, _ = select.select([self._stop_r, self._links, *by_fd], [], [])
+                due = self.state.next_due()
+                wait = None if due is None else max(0.0, due - time.monotonic())
+                r, _, _ = select.select([self._stop_r, self._links, *by_fd], [], [], wait)
+                for port, acts in _by_port(self.state.tick(time.monotonic())).items():
+                    self._do(port, acts, "freed", None)
                 for fd in r:
                     if fd is self._links:
                         for ev in self._links.poll(0):

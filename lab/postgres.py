@@ -11,7 +11,10 @@ waits for it by PID and removes the directory. `/etc/postgresql` and the package
 cluster are never read or touched: the configuration is given on the command line.
 
 The cluster runs with `fsync=off` (it is thrown away: nothing must survive a crash). `netns`
-starts it inside a network namespace for the multi-host lab (not yet exercised by a test).
+starts it inside a network namespace (the multi-host lab, `tessera.lab.topology`).
+`Cluster.stop()` / `Cluster.start()` stop the postmaster by its PID (SIGINT) and start it again
+on the same data directory, for fault injection; `Cluster.set_password` gives the role a
+password through psql's stdin and `write_passfile` writes a libpq passfile (0600) for it.
 
 Measured on this machine kind (../shared/notes/postgresql.md): initdb to ready in 0.9-1.8 s,
 a fast stop in 40-80 ms.
@@ -50,6 +53,39 @@ class Cluster:
     role: str
     database: str
     address: str | None = None
+    argv: list[str] | None = None  # how the postmaster was started (start() runs it again)
+    log: str | None = None
+    proc: subprocess.Popen | None = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown by PID (SIGINT: clients are disconnected), then SIGQUIT; reaps it.
+        Safe to call twice."""
+        if not self.running():
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGQUIT)  # immediate shutdown
+            self.proc.wait(timeout)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the postmaster again on the same data directory (after `stop`); waits until
+        it is ready. `pid` is the new postmaster's."""
+        if self.running():
+            return
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        _wait_ready(self.proc, os.path.join(self.datadir, "postmaster.pid"), self.log, timeout)
+
+    def set_password(self, password: str) -> None:
+        """Give the role a password (scram-sha-256), set through psql's stdin, never argv."""
+        quoted = password.replace("'", "''")
+        self.psql(f"SET password_encryption = 'scram-sha-256'; ALTER ROLE \"{self.role}\" PASSWORD '{quoted}'")
 
     def conninfo(self, dbname: str | None = None, user: str | None = None) -> str:
         """A libpq conninfo over the private unix socket (peer-free: trust on the socket)."""
@@ -74,6 +110,16 @@ class Cluster:
         """A fresh database owned by the role; returns its conninfo."""
         self.psql(f'CREATE DATABASE "{name}" OWNER "{self.role}"')
         return self.conninfo(name)
+
+
+def write_passfile(path: str, host: str, port: int, database: str, role: str, password: str) -> str:
+    """A libpq passfile (``host:port:database:user:password``, 0600 from its creation) for one
+    server; `:` and `\\` in a field are escaped as libpq reads them. Returns the path."""
+    esc = [str(v).replace("\\", "\\\\").replace(":", "\\:") for v in (host, port, database, role, password)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(":".join(esc) + "\n")
+    return path
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -121,7 +167,7 @@ def private_cluster(role: str = "tessera", database: str = "tessera", *, address
     network namespace (`ip netns exec`, which execs, so the PID stays the postmaster's)."""
     base = tempfile.mkdtemp(prefix="tessera-pg-")
     datadir, socket_dir, log = os.path.join(base, "data"), os.path.join(base, "run"), os.path.join(base, "log")
-    proc = None
+    cluster = None
     try:
         os.mkdir(socket_dir, 0o700)
         if os.geteuid() == 0:
@@ -147,19 +193,12 @@ def private_cluster(role: str = "tessera", database: str = "tessera", *, address
         argv = _as_postgres(argv)
         if netns:
             argv = ["ip", "netns", "exec", netns] + argv
-        with open(log, "ab") as logf:
-            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _wait_ready(proc, os.path.join(datadir, "postmaster.pid"), log, start_timeout)
-        cluster = Cluster(datadir, socket_dir, port, proc.pid, role, database, address)
+        cluster = Cluster(datadir, socket_dir, port, 0, role, database, address, argv, log)
+        cluster.start(start_timeout)
         cluster.psql(f'CREATE ROLE "{role}" LOGIN')
         cluster.psql(f'CREATE DATABASE "{database}" OWNER "{role}"')
         yield cluster
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # fast shutdown: clients are disconnected
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGQUIT)  # immediate shutdown
-                proc.wait(30)
+        if cluster is not None:
+            cluster.stop()  # fast shutdown (SIGINT): clients are disconnected
         shutil.rmtree(base, ignore_errors=True)

@@ -166,7 +166,7 @@ class RadiusConfig:
     """What a private server needs. Paths are absolute; ``tls_dir`` holds ``server.pem``,
     ``server.key`` and ``device-ca.pem`` (see ``tessera.lab.pki``)."""
 
-    db: Path
+    db: Path | str  # the registry: a SQLite file, or a URL (postgresql://..., passfile= for its password)
     kek: Path
     tls_dir: Path
     server_id: str = "radius1"
@@ -189,6 +189,9 @@ class RadiusConfig:
     # RadSec (RFC 6614) listener for devices, sites-available/tessera-radsec: None = none,
     # 0 = a free TCP port on this host (filled in by build_config), else that port (2083 is IANA's)
     radsec_port: int | None = None
+    # PostgreSQL: the module's registry_grace (seconds served from its cache while the database is
+    # unreachable); None leaves the module's default
+    registry_grace: float | None = None
 
 
 def free_udp_port(address: str = "127.0.0.1") -> int:
@@ -222,6 +225,26 @@ def suppress_secrets(radiusd_conf: str) -> str:
     ``<<< secret >>>`` instead of attributes FreeRADIUS marks secret. For install-radius, which
     edits the system's tree."""
     return re.sub(r"^(\s*)#\s*suppress_secrets\s*=\s*no\s*$", r"\1suppress_secrets = yes", radiusd_conf, count=1, flags=re.M)
+
+
+def set_registry(module: Path, url: str, grace: float | None = None) -> None:
+    """Point the module config at the registry: its ``registry`` item and the older ``db``
+    (an alias), whichever of the two the file sets; with ``grace``, also ``registry_grace``
+    (uncommented, or added after the registry's line)."""
+    text = module.read_text()
+    items = [k for k in ("registry", "db") if re.search(rf"^\s*{k}\s*=", text, re.M)]
+    if not items:
+        raise RadiusdError(f"{module} sets neither 'registry' nor 'db'")
+    for key in items:
+        text = set_option(text, key, f'"{url}"')
+    if grace is not None:
+        line = re.compile(r"^#?(\s*)registry_grace\s*=.*$", re.M)
+        if line.search(text):
+            text = line.sub(lambda m: f"{m.group(1)}registry_grace = {grace:g}", text, count=1)
+        else:
+            at = re.search(rf"^(\s*){items[0]}\s*=.*$", text, re.M)
+            text = text[:at.end()] + f"\n{at.group(1)}registry_grace = {grace:g}" + text[at.end():]
+    module.write_text(text)
 
 
 def _edit(path: Path, **options: str) -> None:
@@ -320,9 +343,10 @@ def build_config(directory: Path, cfg: RadiusConfig) -> Path:
     (raddb / "mods-enabled" / "always").symlink_to("../mods-available/always")
 
     python_path = ":".join(str(p) for p in (REPO / "plugin", *cfg.python_path))
-    _edit(raddb / "mods-available" / "tessera", python_path=f'"{python_path}"',
-          venv=f'"{cfg.venv}"', db=f'"{cfg.db}"', kek=f'"{cfg.kek}"',
+    module = raddb / "mods-available" / "tessera"
+    _edit(module, python_path=f'"{python_path}"', venv=f'"{cfg.venv}"', kek=f'"{cfg.kek}"',
           server_id=f'"{cfg.server_id}"', realm_opener=f'"{cfg.realm_opener}"')
+    set_registry(module, str(cfg.db), cfg.registry_grace)
     listen_on(raddb / "sites-available" / DEVICE_SITE, cfg.address, cfg.port)
     listen_on(raddb / "sites-available" / NAS_SITE, cfg.address, cfg.nas_port)
 
@@ -435,6 +459,13 @@ class RadiusServer:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL by PID (a crash, for fault injection) and reap it; ``start()`` runs it again."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM by PID, then SIGKILL; reaps the process. Safe to call twice."""

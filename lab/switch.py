@@ -12,6 +12,29 @@ and gives ``br0`` the switch's management address, from which hostapd talks RADI
 thread, which installs the nftables table and from then on enforces port state.
 
 Addresses: management 203.0.113.0/24 (switch .1, RADIUS .2); device data 192.0.2.0/24.
+
+``radius`` may name several servers (a realm on several hosts): each hostapd then lists them
+all as repeated ``auth_server_*`` blocks, rotated by port (pN starts at server (N-1) mod S, as
+switches spread their load), and one uplink per server (:meth:`Switch.add_uplink` with ``port``)
+wires them; a server's crash then meets only the ports that list it first.
+
+hostapd 2.10 has no dead-server detection (no Status-Server, RFC 5997): it fails over to the next
+server only when an Access-Request sent at 0, 3, 9 and 21 s is due again unanswered, 45 s after
+it was first sent (src/radius/radius_client.c, radius_client_timer; an ICMP "port unreachable"
+from a dead server changes nothing), and then stays on that server. A supplicant that restarts
+EAP meanwhile loses that: the third EAP start without success removes the station (AUTH_PAE
+reAuthMax = 2) and with it its pending requests (radius_client_flush_auth); hostapd itself starts
+over once after 30 s (serverTimeout). The agent therefore waits through a silent RADIUS path
+(tessera.node, admission_silent_timeout): a port flapped while its first server is dead opens
+through the next ~45 s after link-up (before that change: still closed after 180 s). Not so when
+the cable was out for less than 5 s: the port controller's DEAUTHENTICATE on carrier loss
+removes the station 5 s later (AP_MAX_INACTIVITY_AFTER_DEAUTH), flushing the request the
+re-admission sent meanwhile; the controller has hostapd start EAP for it again a second later
+(``NEW_STA``, lab/portctl.py), where before EAP started over only when wpa_supplicant's own 30 s
+ran out (measured then: open after 76 s; with a dead first server the new request still waits
+its 45 s). ``radius_retry_primary_interval`` is left unset: hostapd 2.10 goes
+back to the first server blind, so while that is still down every interval would cost the next
+admission on the port another 45 s.
 """
 
 from __future__ import annotations
@@ -19,6 +42,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from tessera.lab.netns import Lab, LabError, Proc, mac_for
 from tessera.lab.portctl import PortController
@@ -40,11 +64,13 @@ class RadiusServer:
 DAS_BASE_PORT = 3800  # the DAS (RFC 5176) port of pN's hostapd is DAS_BASE_PORT + N
 
 
-def hostapd_conf(port: str, radius: RadiusServer, ctrl_dir: str, own_ip: str,
+def hostapd_conf(port: str, radius: RadiusServer | Sequence[RadiusServer], ctrl_dir: str, own_ip: str,
                  nas_identifier: str, das: tuple[int, str, str] | None = None) -> str:
-    """hostapd.conf for one wired 802.1X authenticator port (pure). ``das`` = (port, client
+    """hostapd.conf for one wired 802.1X authenticator port (pure). ``radius``: one server or
+    several (primary first; the others are hostapd's failover order). ``das`` = (port, client
     address, secret) makes it take Disconnect-Requests from that client; its secret is the
     DAS secret, not the NAS secret hostapd uses towards the RADIUS server."""
+    servers = (radius,) if isinstance(radius, RadiusServer) else tuple(radius)
     das_lines = "" if das is None else f"""\
 # RFC 5176 Disconnect-Request from the realm (tessera-admin revoke): deauthenticate the station
 radius_das_port={das[0]}
@@ -52,8 +78,15 @@ radius_das_client={das[1]} {das[2]}
 radius_das_require_event_timestamp=1
 radius_das_require_message_authenticator=1
 """
+    failover = "" if len(servers) == 1 else (
+        "# more RADIUS servers of the realm: tried in this order when the current one stops answering\n")
+    auth = "".join(f"""\
+auth_server_addr={r.addr}
+auth_server_port={r.port}
+auth_server_shared_secret={r.secret}
+""" + (failover if i == 0 else "") for i, r in enumerate(servers))
     return f"""\
-# hostapd for switch port {port}: wired 802.1X authenticator, RADIUS to {radius.addr}
+# hostapd for switch port {port}: wired 802.1X authenticator, RADIUS to {", ".join(r.addr for r in servers)}
 interface={port}
 driver=wired
 logger_stdout=-1
@@ -67,12 +100,15 @@ use_pae_group_addr=1
 eap_reauth_period=0
 own_ip_addr={own_ip}
 nas_identifier={nas_identifier}
-auth_server_addr={radius.addr}
-auth_server_port={radius.port}
-auth_server_shared_secret={radius.secret}
-# NAS-Port-Id (87) = this port's name, so the server knows where the device sits
+{auth}# NAS-Port-Id (87) = this port's name, so the server knows where the device sits
 radius_auth_req_attr=87:s:{port}
 """ + das_lines
+
+
+def port_servers(radii: Sequence[RadiusServer], port: str) -> tuple[RadiusServer, ...]:
+    """The servers port pN's hostapd lists (pure): rotated to start at server (N-1) mod S."""
+    k = (int(port.lstrip("p")) - 1) % len(radii)
+    return tuple(radii[k:]) + tuple(radii[:k])
 
 
 @dataclass
@@ -89,17 +125,21 @@ class Device:
 class Switch:
     """Switch namespace with br0, hostapd per port and a port controller."""
 
-    def __init__(self, lab: Lab, radius: RadiusServer | None = None, short: str = "sw",
+    def __init__(self, lab: Lab, radius: RadiusServer | Sequence[RadiusServer] | None = None, short: str = "sw",
                  nas_identifier: str = "tessera-lab-switch", das: tuple[str, str] | None = None):
-        """``das`` = (client address, secret): every port's hostapd takes Disconnect-Requests
+        """``radius``: the realm's server, or its servers (each port lists them rotated: `port_servers`).
+        ``das`` = (client address, secret): every port's hostapd takes Disconnect-Requests
         on DAS_BASE_PORT + its index, and calls itself ``<nas_identifier>-pN``. The DAS secret
         must differ from the NAS secret of ``radius``: whoever holds one of them must not be
         able to speak the other relation."""
-        if das is not None and radius is not None and das[1] == radius.secret:
+        radii = (radius or RadiusServer(),) if radius is None or isinstance(radius, RadiusServer) else tuple(radius)
+        if das is not None and radius is not None and any(das[1] == r.secret for r in radii):
             raise LabError("the DAS secret must differ from the NAS secret (one secret per trust relation)")
         self.lab = lab
         self.das = das
-        self.radius = radius or RadiusServer()
+        self.radii = radii
+        self.radius = radii[0]
+        self._mgmt_ip: str | None = None
         self.ns = lab.add_ns(short)
         self.nas_identifier = nas_identifier
         self.ctrl_dir = os.path.join(lab.workdir, "hostapd")
@@ -112,10 +152,13 @@ class Switch:
     # -- wiring
     def add_uplink(self, peer_ns: str, peer_if: str = "eth0", port: str = "uplink",
                    switch_ip: str = SWITCH_MGMT_IP, peer_ip: str = RADIUS_IP) -> None:
-        """Uncontrolled port to ``peer_ns`` (the RADIUS server); management IP on br0."""
+        """Uncontrolled port to ``peer_ns`` (a RADIUS server); management IP on br0 (once, however
+        many uplinks)."""
         self.lab.add_veth(self.ns, port, peer_ns, peer_if)
         self.lab.enslave(self.ns, port)
-        self.lab.add_addr(self.ns, "br0", f"{switch_ip}/24")
+        if self._mgmt_ip is None:
+            self.lab.add_addr(self.ns, "br0", f"{switch_ip}/24")
+            self._mgmt_ip = switch_ip
         self.lab.add_addr(peer_ns, peer_if, f"{peer_ip}/24")
 
     def add_device(self, index: int, ip: bool = True, start_hostapd: bool = True) -> Device:
@@ -133,12 +176,16 @@ class Switch:
             self.start_hostapd(port)
         return dev
 
+    def port_servers(self, port: str) -> tuple[RadiusServer, ...]:
+        return port_servers(self.radii, port)
+
     def start_hostapd(self, port: str) -> Proc:
         """Write the port's hostapd.conf and start hostapd; wait for its control socket."""
         conf = os.path.join(self.lab.workdir, f"hostapd-{port}.conf")
         with open(conf, "w") as f:
-            f.write(hostapd_conf(port, self.radius, self.ctrl_dir, SWITCH_MGMT_IP, self.port_nas_identifier(port),
-                                 (self.das_port(port), *self.das) if self.das else None))
+            das = (self.das_port(port), *self.das) if self.das else None
+            f.write(hostapd_conf(port, self.port_servers(port), self.ctrl_dir, SWITCH_MGMT_IP,
+                                 self.port_nas_identifier(port), das))
         sock = os.path.join(self.ctrl_dir, port)
         if os.path.exists(sock):
             os.unlink(sock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import select
 
 import pytest
@@ -14,7 +15,7 @@ from tessera.agent.supplicant import (PwdCredentials, TlsCredentials, network_fi
                                       on_link_action, supplicant_conf)
 from tessera.lab import nft
 from tessera.lab.netns import mac_for, netns_exec_argv, owner_pid, run_tag, veth_argv
-from tessera.lab.portctl import Allow, Block, Kick, PortTable, table_input
+from tessera.lab.portctl import FREED_AFTER_KICK, Allow, Block, Kick, PortTable, Readmit, table_input
 from tessera.lab.probe import icmp_echo, parse_icmp_reply
 from tessera.lab.switch import RadiusServer, hostapd_conf
 
@@ -25,14 +26,14 @@ A, B = "02:00:5e:10:00:01", "02:00:5e:10:00:02"
 def test_porttable_first_station_opens_port_second_does_not():
     t = PortTable()
     t.add_port("p1")
-    assert t.station_authorized("p1", A) == [Allow("p1", A, True)]
-    assert t.station_authorized("p1", B) == [Allow("p1", B, False)]
-    assert t.station_authorized("p1", A) == []  # re-authentication: no change
+    assert t.station_authorized("p1", A, 0) == [Allow("p1", A, True)]
+    assert t.station_authorized("p1", B, 0) == [Allow("p1", B, False)]
+    assert t.station_authorized("p1", A, 0) == []  # re-authentication: no change
 
 
 def test_porttable_last_station_gone_closes_port():
     t = PortTable()
-    t.station_authorized("p1", A), t.station_authorized("p1", B)
+    t.station_authorized("p1", A, 0), t.station_authorized("p1", B, 0)
     assert t.station_gone("p1", A) == [Block("p1", A, False)]
     assert t.station_gone("p1", B) == [Block("p1", B, True)]
     assert t.station_gone("p1", B) == []  # unknown station: nothing
@@ -40,31 +41,125 @@ def test_porttable_last_station_gone_closes_port():
 
 def test_porttable_carrier_loss_blocks_and_kicks_every_station():
     t = PortTable()
-    t.set_carrier("p1", True)
-    t.station_authorized("p1", B), t.station_authorized("p1", A)
-    assert t.set_carrier("p1", False) == [Block("p1", A, False), Kick("p1", A),
-                                         Block("p1", B, True), Kick("p1", B)]
-    assert t.set_carrier("p1", False) == []
-    assert t.set_carrier("p1", True) == []
+    t.set_carrier("p1", True, 0)
+    t.station_authorized("p1", B, 0), t.station_authorized("p1", A, 0)
+    assert t.set_carrier("p1", False, 0) == [Block("p1", A, False), Kick("p1", A),
+                                            Block("p1", B, True), Kick("p1", B)]
+    assert t.set_carrier("p1", False, 0) == []
+    assert t.set_carrier("p1", True, 0) == []
     assert t.ports["p1"] == set()
 
 
 def test_porttable_authorization_on_dead_port_is_refused():
     t = PortTable()
-    t.set_carrier("p1", False)
-    assert t.station_authorized("p1", A) == [Kick("p1", A)]
+    t.set_carrier("p1", False, 0)
+    assert t.station_authorized("p1", A, 0) == [Kick("p1", A)]
     assert t.ports["p1"] == set()
+
+
+def test_porttable_station_freed_after_a_quick_flap_is_closed_then_readmitted():
+    """hostapd's 5 s removal timer of the carrier-loss kick frees the station the cable's return
+    re-admitted: the controller closes it and has hostapd start EAP for it; only the next
+    success opens it again."""
+    t = PortTable()
+    t.set_carrier("p1", True, 100)
+    t.station_authorized("p1", A, 100)
+    assert t.set_carrier("p1", False, 100) == [Block("p1", A, True), Kick("p1", A)]
+    assert t.station_gone("p1", A) == []           # the kick's own AP-STA-DISCONNECTED
+    assert t.set_carrier("p1", True, 100.5) == []
+    assert t.station_authorized("p1", A, 100.53) == [Allow("p1", A, True)]
+    assert t.feed("station_removed", "p1", A, 105) == [Block("p1", A, True), Readmit("p1", A)]
+    assert t.ports["p1"] == set()
+    assert t.station_authorized("p1", A, 105.01) == [Allow("p1", A, True)]
+    assert t.tick(100 + FREED_AFTER_KICK) == []    # admitted: the timer's check has nothing to do
+    assert t.next_due() is None
+
+
+def test_porttable_removal_readmits_only_an_admitted_station_on_a_live_wire():
+    t = PortTable()
+    t.set_carrier("p1", True, 0)
+    t.station_authorized("p1", A, 0), t.station_authorized("p1", B, 0)
+    assert t.station_removed("p1", B) == [Block("p1", B, False), Readmit("p1", B)]
+    assert t.station_removed("p1", B) == []        # not admitted (any more): nothing to restart
+    assert t.station_removed("p1", "02:00:5e:10:00:63") == []
+    assert t.set_carrier("p1", False, 0) == [Block("p1", A, True), Kick("p1", A)]
+    assert t.station_removed("p1", A) == []        # freed behind a dead wire: nothing to restart
+
+
+def test_porttable_kicked_station_freed_mid_admission_is_readmitted_when_due():
+    """hostapd frees a kicked station 5 s later without a word if it is not authorized then (its
+    re-admission still waiting for RADIUS): the table readmits it once that is due, on a live
+    wire only, and only stations it kicked."""
+    t = PortTable()
+    t.set_carrier("p1", True, 0), t.set_carrier("p2", True, 0)
+    t.station_authorized("p1", A, 0), t.station_authorized("p2", B, 0)
+    t.set_carrier("p1", False, 10), t.set_carrier("p2", False, 11)
+    assert t.next_due() == 10 + FREED_AFTER_KICK
+    t.set_carrier("p1", True, 12)                  # p1 back (EAP under way); p2 stays dark
+    assert t.tick(10 + FREED_AFTER_KICK - 0.01) == []
+    assert t.tick(10 + FREED_AFTER_KICK) == [Readmit("p1", A)]
+    assert t.tick(10 + FREED_AFTER_KICK) == []     # once
+    assert t.next_due() == 11 + FREED_AFTER_KICK
+    assert t.tick(11 + FREED_AFTER_KICK) == []     # freed behind a dead wire: its next link-up
+    assert t.next_due() is None and t.ports == {"p1": set(), "p2": set()}
+
+
+def test_porttable_model_nothing_opens_without_an_authorization_on_a_live_wire():
+    """Every sequence of up to five inputs for one station against a model: the station is
+    open exactly when its last authorization came on a live wire and nothing closed it since;
+    a kick goes only to a wire that went dead or for an authorization on one; a readmission
+    only for a station that was open (so never behind a dead wire) or, once hostapd has freed a
+    kicked station, for one not open on a live wire."""
+    inputs = ("up", "down", "station_authorized", "station_gone", "station_removed", "freed")
+    for n in range(1, 6):
+        for seq in itertools.product(inputs, repeat=n):
+            t, carrier, is_open, kicked = PortTable(), None, False, None
+            t.add_port("p1")
+            for now, what in enumerate(seq):
+                now *= 100.0  # "freed": the last kick's removal is due; anything else: it is not
+                if kicked is not None:
+                    assert t.tick(kicked + FREED_AFTER_KICK - 0.01) == [], seq
+                if what == "freed":
+                    expect = [Readmit("p1", A)] if kicked is not None and carrier and not is_open else []
+                    assert t.tick(now) == expect, seq
+                    kicked = None
+                    continue
+                if what in ("up", "down"):
+                    acts = t.set_carrier("p1", what == "up", now)
+                    if what == "down" and carrier is not False and is_open:
+                        assert acts == [Block("p1", A, True), Kick("p1", A)], seq
+                        is_open, kicked = False, now
+                    else:
+                        assert acts == [], seq
+                    carrier = what == "up"
+                    continue
+                acts = t.feed(what, "p1", A, now)
+                if what == "station_authorized":
+                    expect = ([] if is_open else [Kick("p1", A)] if carrier is False
+                              else [Allow("p1", A, True)])
+                    if not is_open and carrier is False:
+                        kicked = now
+                    is_open = is_open or carrier is not False
+                else:
+                    expect = [Block("p1", A, True)] if is_open else []
+                    if what == "station_removed" and is_open:
+                        expect.append(Readmit("p1", A))
+                    is_open = False
+                assert acts == expect, seq
+                assert (A in t.ports["p1"]) == is_open, seq
 
 
 def test_porttable_unknown_input_raises():
     with pytest.raises(ValueError):
-        PortTable().feed("station_exploded", "p1", A)
+        PortTable().feed("station_exploded", "p1", A, 0)
 
 
 def test_porttable_hostapd_events_map_to_inputs():
     ev = parse_event(f"<3>AP-STA-CONNECTED {A}")
     assert table_input(ev) == "station_authorized" and ev.mac == A
     assert table_input(parse_event(f"<3>CTRL-EVENT-EAP-FAILURE2 {A}")) == "station_gone"
+    # the controller asks hostapd whether the station is still listed before it calls an
+    # AP-STA-DISCONNECTED a removal; the event alone is an ordinary loss
     assert table_input(parse_event(f"<3>AP-STA-DISCONNECTED {A}")) == "station_gone"
     assert table_input(parse_event(f"<3>CTRL-EVENT-EAP-STARTED {A}")) is None
     assert table_input(parse_event("<3>AP-STA-CONNECTED")) is None  # no MAC: ignore

@@ -1,7 +1,7 @@
 """The FreeRADIUS side of Tessera: attribute pairs in, core call, attribute tuples out.
 
 How this works: ``tessera_rlm`` (the rlm_python3 entry module) builds one ``Plugin`` at
-instantiate time; it opens the realm once (SQLite registry + sealed service keyring) and keeps
+instantiate time; it opens the realm once (registry + sealed service keyring) and keeps
 the sans-I/O ``Service`` for this server's id. Each ``authorize`` call gets the request list as
 a tuple of ``(name, value)`` string pairs and does one of three steps, chosen by the
 server-internal attribute ``Tessera-Step`` that the virtual servers set:
@@ -41,7 +41,9 @@ from typing import Any, Callable, Iterable
 
 from tessera import eappwd
 from tessera.errors import InternalError, RevokedError
+from tessera.registry import RegistryError
 from tessera.radius.attrs import BadHexError, join_from_hex, split_to_hex
+from tessera.registry_url import display_url
 from tessera.vetting import CertificateVetting
 
 STEP_ATTRIBUTE = "Tessera-Step"
@@ -50,7 +52,10 @@ REPLY = "Tessera-Reply"
 ERROR = "Tessera-Error"
 TLS_IDENTITY = "Tessera-TLS-Identity"
 MAX_REPLY_MESSAGE = 240  # Reply-Message is at most 253 bytes on the wire
+MAX_LOG_LINE = 1000  # a log line (describe): room for two paths and a command
 RELOAD_EVERY = 1.0  # seconds between checks for a service-key rotation
+DEFAULT_OPENER = "tessera.realm:open_realm"
+DEFAULT_REGISTRY_GRACE = 30.0  # seconds (module config registry_grace)
 
 
 def _is_realm_error(exc: BaseException) -> bool:
@@ -68,20 +73,21 @@ def _where(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """A log line for a failure outside a request: the core's reason, or OS errors' text
-    (a path, not a key), else only where it happened."""
+    """A log line for a failure outside a request: the core's reason, or the text of OS and
+    registry errors (a path, a schema version, a scrubbed database target: never a key), else
+    only where it happened."""
     if _is_realm_error(exc):
-        return _clean(f"{exc.name}: {exc}")
-    if isinstance(exc, (OSError, ValueError, ImportError)):
-        return _clean(f"{type(exc).__name__}: {exc}")
+        return _clean(f"{exc.name}: {exc}", MAX_LOG_LINE)
+    if isinstance(exc, (OSError, ValueError, ImportError, RegistryError)):
+        return _clean(f"{type(exc).__name__}: {exc}", MAX_LOG_LINE)
     return _where(exc)
 
 
-def _clean(text: str) -> str:
-    """One printable line, short enough for Reply-Message."""
+def _clean(text: str, limit: int = MAX_REPLY_MESSAGE) -> str:
+    """One printable line, by default short enough for Reply-Message."""
     text = " ".join(str(text).split())
     text = "".join(c if c.isprintable() else "?" for c in text)
-    return text[:MAX_REPLY_MESSAGE]
+    return text[:limit]
 
 
 def internal_error_result(rlm: Any, code: int | None = None):
@@ -120,14 +126,35 @@ class Plugin:
 
     @classmethod
     def from_config(cls, config: dict, rlm: Any) -> "Plugin":
-        """Open the realm named by the module's ``config {}`` (db, kek, server_id, realm_opener)."""
-        for key in ("db", "kek", "server_id"):
+        """Open the realm named by the module's ``config {}``: ``registry`` (a URL,
+        tessera.registry_url; ``db`` is taken as its old name), ``kek``, ``server_id``,
+        ``registry_grace`` (seconds a PostgreSQL realm is served from the cache while the
+        database is unreachable, docs/registry.md) and ``realm_opener``. The default opener opens
+        the realm for serving (a PostgreSQL registry through its in-process cache); another
+        opener (a test's stand-in) is called with the registry and the KEK path only."""
+        registry = config.get("registry") or config.get("db")
+        if not registry:
+            raise ValueError("tessera module: config item 'registry' is not set")
+        for key in ("kek", "server_id"):
             if not config.get(key):
                 raise ValueError(f"tessera module: config item {key!r} is not set")
-        opener = _load_opener(config.get("realm_opener") or "tessera.realm:open_realm")
-        realm = opener(config["db"], config["kek"])
+        try:
+            grace = float(config.get("registry_grace") or DEFAULT_REGISTRY_GRACE)
+        except ValueError:
+            raise ValueError("tessera module: registry_grace must be a number of seconds") from None
+        if not grace > 0:
+            raise ValueError("tessera module: registry_grace must be a number of seconds above 0")
+        spec = config.get("realm_opener") or DEFAULT_OPENER
+        if spec == DEFAULT_OPENER:
+            from tessera.realm import open_realm
+
+            def log(level: str, text: str) -> None:  # the registry's reachability, from its listener
+                rlm.radlog(rlm.L_INFO if level == "info" else rlm.L_ERR, "tessera: " + text)
+            realm = open_realm(registry, config["kek"], serving=True, grace=grace, log=log)
+        else:
+            realm = _load_opener(spec)(registry, config["kek"])
         plugin = cls(realm.service(config["server_id"]), rlm, realm)
-        plugin.log(rlm.L_INFO, f"realm open, server id {config['server_id']!r}")
+        plugin.log(rlm.L_INFO, f"realm open, server id {config['server_id']!r}, registry {display_url(registry)}")
         return plugin
 
     def log(self, level: int, message: str) -> None:
@@ -144,6 +171,7 @@ class Plugin:
         """rlm_python3 ``authorize``: never raises."""
         try:
             pairs = tuple(pairs)
+            self._refresh(self.clock())  # every step reads the key ring (EAP-PWD's passwords too)
             step = next((v for k, v in pairs if k == STEP_ATTRIBUTE), None)
             handler = self._steps.get(step)
             if handler is None:
@@ -218,7 +246,8 @@ class Plugin:
 
     def _refresh(self, now: float) -> None:
         """Pick up a service-key rotation made by tessera-admin (a cheap SQLite
-        data_version check), at most every ``RELOAD_EVERY`` seconds."""
+        data_version check, or the PostgreSQL cache's counter), at most every ``RELOAD_EVERY``
+        seconds; at the top of every authorize step."""
         if now - self._checked < RELOAD_EVERY:
             return
         self._checked = now
@@ -236,21 +265,23 @@ class Plugin:
             self.log(self.rlm.L_ERR, f"internal error: {exc}")
             return internal_error_result(self.rlm, self.internal_code)
         now = self.clock()
-        self._refresh(now)
         try:
-            if identity is None:
-                reply = self.service.handle(message, now)
-            else:  # the certificate must be the one enrolled for its device, then the message its
-                get = dict(pairs).get
-                sender = self.vetting.device(get("TLS-Client-Cert-Serial", ""), get("TLS-Client-Cert-Issuer", ""),
-                                             identity, now)
-                reply = self.service.handle_as(message, sender, now)
+            reply = self._handle(message, identity, pairs, now)
         except Exception as exc:
             if not _is_realm_error(exc):
                 raise
             return self._reject("operation", device, exc, self._error_reply(exc, now))
         items = tuple((REPLY, "+=", h) for h in split_to_hex(reply))
         return (self.rlm.RLM_MODULE_OK, {"reply": items})
+
+    def _handle(self, message: bytes, identity: str | None, pairs, now: float) -> bytes:
+        if identity is None:
+            return self.service.handle(message, now)
+        # the certificate must be the one enrolled for its device, then the message its
+        get = dict(pairs).get
+        sender = self.vetting.device(get("TLS-Client-Cert-Serial", ""), get("TLS-Client-Cert-Issuer", ""),
+                                     identity, now)
+        return self.service.handle_as(message, sender, now)
 
     def _admit_certificate(self, pairs):
         get = dict(pairs).get  # one instance each

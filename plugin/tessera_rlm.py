@@ -59,7 +59,8 @@ def post_auth(pairs):
 
 
 def detach(_pairs=None):
-    """Close the realm on shutdown (and after ``radiusd -C``)."""
+    """Close the realm on shutdown (and after ``radiusd -C``): a PostgreSQL realm's registry
+    listener stops and its connections close (tessera.pg_cache)."""
     if _plugin is not None:
         _plugin.close()
     return 0

@@ -16,7 +16,11 @@ and the client keeps waiting, as RFC 2865 asks.
 
 Outcomes: Access-Accept -> the concatenated ``Tessera-Reply`` bytes; Access-Reject ->
 ``RejectedError`` with ``Tessera-Error`` and ``Reply-Message`` (a reject is an answer: no
-failover); no valid answer from any server -> ``NoServerAnsweredError``.
+failover), except a server saying it cannot serve anyone now (``CANNOT_SERVE``: its registry
+is unreachable past its grace, or its clock is wrong), after which the next server is asked
+and, if none does better, the last such refusal is raised; no valid answer from any server ->
+``NoServerAnsweredError``. A forged refusal of that kind only moves the device to the next
+server, which dropping its packets would do too.
 
 The attribute numbers come from ``dictionary.rfc`` and ``dictionary.tessera`` next to this
 file (the latter is the one FreeRADIUS loads too).
@@ -35,9 +39,11 @@ from typing import Callable, Sequence
 from pyrad import packet
 from pyrad.dictionary import Dictionary
 
+from ..errors import RegistryUnavailableError, ServerClockError
 from .attrs import join_message, split_message
 
 HERE = Path(__file__).resolve().parent
+CANNOT_SERVE = frozenset((RegistryUnavailableError.code, ServerClockError.code))  # ask the next server
 DICTIONARY_FILES = (HERE / "dictionary.rfc", HERE / "dictionary.tessera")
 
 
@@ -104,11 +110,19 @@ class RadiusClient:
         """Send ``build(server_id)`` to each server in turn until one answers; returns the
         Tessera-Reply bytes of an Access-Accept. Raises ``RejectedError`` or
         ``NoServerAnsweredError``."""
+        unable: RejectedError | None = None
         for server in self.servers:
             request = self.request_packet(server, user_name, build(server.server_id))
             reply = self._transact(server, request)
             if reply is not None:
-                return self._outcome(server, reply)
+                try:
+                    return self._outcome(server, reply)
+                except RejectedError as exc:
+                    if exc.code not in CANNOT_SERVE:
+                        raise
+                    unable = exc
+        if unable is not None:
+            raise unable
         raise NoServerAnsweredError([s.server_id for s in self.servers])
 
     def status(self, server: Server) -> bool:

@@ -50,7 +50,7 @@ from typing import Callable, Sequence
 from pyrad import packet
 from pyrad.dictionary import Dictionary
 
-from .client import NoServerAnsweredError, RadiusClient
+from .client import CANNOT_SERVE, NoServerAnsweredError, RadiusClient, RejectedError
 
 #: RFC 6614 section 2.3: the shared secret of RADIUS/TLS is this fixed string.
 RADSEC_SECRET = b"radsec"
@@ -154,6 +154,7 @@ class RadSecClient(RadiusClient):
         """Send ``build(server_id)`` to the servers in turn until one answers (see the module
         docstring); returns the Tessera-Reply bytes of an Access-Accept."""
         reasons: dict[str, str] = {}
+        unable: RejectedError | None = None
         for server in self._order():
             try:
                 reply = self._ask(server, lambda: self.request_packet(server, user_name, build(server.server_id)))
@@ -165,7 +166,14 @@ class RadSecClient(RadiusClient):
                 continue
             with self._lock:
                 self._down_until.pop(server.server_id, None)
-            return self._outcome(server, reply)
+            try:
+                return self._outcome(server, reply)
+            except RejectedError as exc:  # see RadiusClient.exchange: this one cannot serve now
+                if exc.code not in CANNOT_SERVE:
+                    raise
+                unable = exc
+        if unable is not None:
+            raise unable
         raise NoServerAnsweredError([s.server_id for s in self.servers if s.server_id in reasons], reasons)
 
     def status(self, server: RadSecServer) -> bool:

@@ -1,10 +1,14 @@
-"""tessera-admin: the operator's tool for a realm (enrol, list, show, revoke, rotate, audit).
+"""tessera-admin: the operator's tool for a realm (enrol, list, show, revoke, rotate, audit, migrate).
 
 Works on the realm's registry and KEK directly (as kadmin.local does), so it runs on a RADIUS
 server or wherever the registry is reachable. `--registry` names the registry by URL, SQLite or
-PostgreSQL (`tessera.registry_url`); every command opens it through `open_registry`. Output is
-for people by default and JSON with --json. Exit codes: 0 done, 1 refused (unknown device,
-duplicate, bad certificate, registry-unavailable...), 2 usage.
+PostgreSQL (`tessera.registry_url`); every command opens it through `open_registry`, which
+refuses a registry at another schema version than this code's. `migrate` alone brings an older
+one to this version (every step in one transaction, under PostgreSQL's advisory lock or SQLite's
+write lock), after every server of the realm runs this version. Output is for people by default
+and JSON with --json. Exit codes: 0 done, 1 refused (unknown device, duplicate, bad certificate,
+registry-unavailable, a schema this code does not serve...), 2 usage, 3 `migrate --check`: a
+migration is needed.
 Nothing it prints or logs contains key material; files it writes with keys are 0600.
 """
 
@@ -258,6 +262,55 @@ def cmd_export_ca(a, now, realm: Realm):
     print(f"device CA bundle (for the EAP module's ca_file) in {a.out}")
 
 
+def _migration_steps(module, found: int) -> list[str]:
+    """The steps from `found` to the current version, each with its statements (one line each)."""
+    lines = []
+    for n in range(found, module.SCHEMA_VERSION):
+        lines.append(f"  step {n} -> {n + 1}:")
+        for statement in module.MIGRATIONS[n]:
+            text = " ".join(statement.split())
+            lines.append(f"    {text if len(text) <= 96 else text[:93] + '...'}")
+    return lines
+
+
+def _open_for_migration(url: str, *, dry_run: bool):
+    """(registry, its backend module) for `migrate`: opened with migrate=True (`open_registry`
+    alone refuses an older schema, as a server must)."""
+    path = _sqlite_path(url)
+    if path is not None and path != ":memory:" and not os.path.exists(path):
+        raise RegistryError(f"no registry at {path} (create one with `tessera-admin init`)")
+    reg = open_registry(url, migrate=True, dry_run=dry_run)
+    return reg, sys.modules[type(reg).__module__]
+
+
+def cmd_migrate(a) -> int:
+    """Bring the registry's schema to this code's version; with --check only say whether it is."""
+    shown = display_url(a.registry)
+    reg, module = _open_for_migration(a.registry, dry_run=True)  # finds the version, changes nothing
+    found = reg.schema_found
+    reg.close()
+    if found is None:
+        raise RegistryError(f"no realm's registry in {shown} (create one with `tessera-admin init`)")
+    current = module.SCHEMA_VERSION
+    if found == current:
+        print(f"registry {shown}: schema {current}, already at {current}: nothing to migrate")
+        return 0
+    print(f"registry {shown}: schema {found} -> {current}")
+    print("\n".join(_migration_steps(module, found)))
+    if a.check:
+        print(f"a migration is needed: tessera-admin migrate --registry '{shown}'")
+        return 3
+    reg, _ = _open_for_migration(a.registry, dry_run=False)  # every step in one transaction, under the lock
+    try:
+        if reg.schema_found == current:
+            print(f"already at {current}: another migrate did it meanwhile")
+        else:
+            print(f"migrated: schema {current}")
+    finally:
+        reg.close()
+    return 0
+
+
 def _sqlite_path(url: str) -> str | None:
     """The file a SQLite registry (a bare path or sqlite:///path) is in; None for any other URL."""
     if url.startswith("sqlite:"):
@@ -335,6 +388,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("certificate")
     x = sub.add_parser("export-ca", help="write the trusted device CA bundle")
     x.add_argument("out")
+    m = sub.add_parser("migrate", help="bring the registry's schema to this version (after every server is "
+                                       "upgraded): exit 0 done or already current, 1 refused")
+    m.add_argument("--check", action="store_true",
+                   help="change nothing: exit 0 if the schema is current, 3 if a migration is needed")
     return p
 
 
@@ -358,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "init":
             cmd_init(a, now)
+        elif a.cmd == "migrate":
+            return cmd_migrate(a)
         else:
             realm = _open(a)
             try:

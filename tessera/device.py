@@ -20,7 +20,10 @@ abandons the old), answered by a list the service key signed over this query's n
 neither need nor change any state above, nor the tickets.
 
 `next_action(now)` tells the agent what is due: register when there is no DRT or it is within
-`refresh` of its end, authenticate when there is no TGT or it is close to its end.
+`refresh` of its end, authenticate when there is no TGT or it is close to its end, or when it
+starts more than the realm's usual skew after `now`: a server whose clock ran ahead issued it,
+and the realm's other servers refuse it as not yet valid (a server beyond the skew answers a
+clock-skew first, so this cannot repeat without a signed answer in between).
 
 Errors from the realm (docs/layouts.md#signederror): an error the device acts on (clock-skew,
 revoked, unknown-device, superseded, not-registered: `TesseraError.changes_state`) counts only
@@ -45,8 +48,8 @@ from .errors import (BadProofError, ExpiredError, MalformedError, StateError, Te
                      from_code)
 from .identity import BootstrapBundle, DeviceKey, verify
 from .seal import Sealer, open_with_private_key, point_from_bytes
-from .service import (ERROR_CONTEXT, REGISTER_CONTEXT, REGISTER_REPLY_CONTEXT, REVOCATIONS_CONTEXT, drt_device_aad,
-                      eap_pwd_password, tgt_device_aad)
+from .service import (ERROR_CONTEXT, REGISTER_CONTEXT, REGISTER_REPLY_CONTEXT, REVOCATIONS_CONTEXT, Policy,
+                      drt_device_aad, eap_pwd_password, tgt_device_aad)
 from .wire import Reader, Writer
 
 
@@ -285,7 +288,7 @@ class DeviceClient:
         if reg is None or now >= reg.not_after - self.refresh * (reg.not_after - reg.not_before):
             return "register"
         c = self.credentials
-        if c is None or now >= c.not_after:
+        if c is None or now >= c.not_after or now < c.not_before - Policy.clock_skew:
             return "authenticate"
         if now >= c.not_after - self.refresh * (c.not_after - c.not_before):
             return "renew" if c.not_after < reg.not_after else "authenticate"

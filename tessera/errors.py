@@ -183,12 +183,20 @@ class RegistryUnavailableError(TesseraError):
     code, name = 23, "registry-unavailable"
 
 
+class ServerClockError(TesseraError):
+    """This server's clock disagrees with the realm's (its registry database's clock) by more
+    than half the allowed skew: it refuses requests until its clock is right; another server
+    of the realm can serve them."""
+
+    code, name = 24, "server-clock"
+
+
 ALL: tuple[type[TesseraError], ...] = (
     TesseraError, MalformedError, UnsupportedVersionError, InvalidTicket, UnknownKeyVersionError,
     WrongRealmError, UnknownDeviceError, RevokedError, NotRegisteredError, SupersededError,
     ExpiredError, NotYetValidError, ClockSkewError, BadProofError, ReplayError, WrongServerError,
     WrongPeerError, StateError, CertificateError, InternalError, WrongIdentityError, QuotaError,
-    RegistryUnavailableError,
+    RegistryUnavailableError, ServerClockError,
 )
 BY_CODE: dict[int, type[TesseraError]] = {cls.code: cls for cls in ALL}
 

@@ -5,6 +5,13 @@ timer ticks go in; actions come out (start 802.1X, ask the realm, send a frame, 
     LinkUp                        port ADMITTING: StartAdmission (EAP-TLS with the device
                                   certificate before registration, EAP-PWD with the LLK after)
     PortAuthorized                port UP: register / authenticate / renew as due, then announce
+    IdentityRequested             the switch asked for our identity: it relays to RADIUS now; until
+                                  a method is proposed the RADIUS path is silent and the node waits
+                                  admission_silent_timeout without restarting EAP, so the switch
+                                  can fail over to its next server (below)
+    MethodProposed                the server answered (its first EAP method request came through
+                                  RADIUS): from then on no EAP-Success within admission_timeout
+                                  counts as refused, as does no IdentityRequested within it
     PortRejected                  EAP-PWD refused → fall back to EAP-TLS; EAP-TLS refused → stay
                                   closed and try again after a back-off
     RadiusAnswer / RadiusFailed   feed the DeviceClient or the peer handshake; a failure backs off
@@ -43,6 +50,22 @@ years means the realm's clock is broken (a signed time cannot be forged); adopti
 put every later request — and every lifetime added to it — out of step with the rest of the
 realm, or past what a u64 carries (2^64-1 once made every request build fail). Not adopted,
 it is a plain failure with a back-off; the device keeps its clock and tries again.
+The realm's signed revocation list (it answers our poll's nonce) is the other source of its
+time: a clock more than CLOCK_SLACK off its `issued_at` is moved there, within the same years,
+so that a clock that fell behind does not wait for its TGT to run out by that clock. When this
+node's time jumps (an offset adopted, or the host's clock set back), its own deadlines move with
+it (`_rebase`): what was due in 5 s stays due in 5 s.
+
+A silent RADIUS path is not a refusal. The authenticator (hostapd 2.10, src/radius/radius_client.c)
+moves to its next RADIUS server only when an Access-Request sent at 0, 3, 9 and 21 s is due again
+unanswered: 45 s after it was first sent. It forgets that request when the station is removed,
+and removes the station when a third EAP start in a row finds no answer (AUTH_PAE reAuthMax = 2,
+src/eapol_auth/eapol_auth_sm.c); it starts over once itself after 30 s (serverTimeout). So a
+supplicant that restarts EAP while the server is silent -- even once, as an EAP-PWD → EAP-TLS
+fall-back would -- keeps the port on the dead server. Once the switch asked for the identity, the
+node therefore restarts an admission that no server answers only after admission_silent_timeout
+(55 s: after the 45 s failover and the exchange with the next server, before hostapd's own second
+start at 60 s), and with the same method.
 """
 
 from __future__ import annotations
@@ -66,6 +89,8 @@ from .record import session_id_of
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 EARLIEST_TIME = 1_577_836_800  # 2020-01-01T00:00:00Z: a realm clock before this is broken
 LATEST_TIME = 4_102_444_800  # 2100-01-01T00:00:00Z: likewise after it
+CLOCK_SLACK = 302  # s: the realm's usual skew (300) and 2 s for the list's whole seconds and the round trip:
+# a clock the realm accepts is left alone, as by a clock-skew; one it would refuse moves
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -82,6 +107,18 @@ class LinkDown:
 @dataclass(frozen=True)
 class PortAuthorized:
     method: str
+
+
+@dataclass(frozen=True)
+class IdentityRequested:
+    """The authenticator sent its EAP-Request/Identity (it answers an EAPOL-Start by itself)."""
+
+
+@dataclass(frozen=True)
+class MethodProposed:
+    """The authentication server's first EAP method request reached the supplicant (only the
+    server proposes a method: the authenticator itself asks only for the identity)."""
+    method: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,7 +146,8 @@ class FrameReceived:
     payload: bytes
 
 
-Event = LinkUp | LinkDown | PortAuthorized | PortRejected | RadiusAnswer | RadiusFailed | FrameReceived
+Event = (LinkUp | LinkDown | PortAuthorized | IdentityRequested | MethodProposed | PortRejected | RadiusAnswer
+         | RadiusFailed | FrameReceived)
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -163,8 +201,11 @@ class Port(enum.Enum):
 @dataclass
 class Timers:
     announce_every: float = 2.0
-    admission_timeout: float = 3.0  # no EAP-Success by then counts as refused (a supplicant that
-    # finished its TLS handshake ignores the EAP-Failure of a certificate check that follows it)
+    admission_timeout: float = 3.0  # no EAP-Success this long after the server answered counts as refused
+    # (a supplicant that finished its TLS handshake ignores the EAP-Failure of a certificate check that follows
+    # it), and so does no identity request from the switch this long after the start
+    admission_silent_timeout: float = 55.0  # the switch relays, the server never answers: restart EAP only
+    # after this long (hostapd 2.10 fails over 45 s after the first Access-Request; the module docstring)
     handshake_timeout: float = 10.0
     resend_every: float = 1.0  # a hello or PeerFinished unanswered this long is sent again
     retry_min: float = 1.0
@@ -281,8 +322,11 @@ class Node:
         self.next_announce = 0.0
         self.epoch = 0
         self.retry_at = 0.0
-        self.admission_started = 0.0
+        self.admission_started = 0.0  # when 802.1X started, then when the server first answered
+        self.admission_asked = False  # the switch asked for our identity
+        self.admission_answered = False  # the server proposed a method
         self.backoff = timers.retry_min
+        self.last_t = -math.inf  # this node's time at the last call (see _rebase)
         self.stats = {"frames_dropped": 0, "handshakes_failed": 0, "handshakes_deferred": 0, "hellos_limited": 0}
 
     @property
@@ -293,6 +337,8 @@ class Node:
     def handle(self, event: Event | None, now: float) -> list[Action]:
         """Feed one event (or None for a timer tick) and collect the actions."""
         t = now + self.offset
+        if self.last_t - t > 1.0:  # the host's clock was set back: what was due stays due (_rebase)
+            self._rebase(t - self.last_t)
         out: list[Action] = []
         if isinstance(event, LinkUp):
             self._link_up(t, out)
@@ -302,13 +348,20 @@ class Node:
             out.append(Log("admission", f"late EAP result ignored: the port is {self.port.value}"))
         elif isinstance(event, PortAuthorized):
             self._authorized(event, t, out)
+        elif isinstance(event, IdentityRequested):
+            self.admission_asked = self.admission_asked or self.port is Port.ADMITTING
+        elif isinstance(event, MethodProposed):
+            if self.port is Port.ADMITTING and not self.admission_answered:
+                self.admission_answered = True  # the refusal clock runs from the server's first answer
+                self.admission_started = t
         elif isinstance(event, PortRejected):
             self._rejected(event, t, out)
         elif isinstance(event, (RadiusAnswer, RadiusFailed)):
             self._radius(event, t, out)
         elif isinstance(event, FrameReceived):
             self._frame(event, t, out)
-        self._tick(now + self.offset, out)  # a clock-skew answer may have just moved the offset
+        self.last_t = now + self.offset  # a clock-skew answer may have just moved the offset
+        self._tick(self.last_t, out)
         return out
 
     def send(self, peer: str, data: bytes, now: float) -> list[Action]:
@@ -322,6 +375,7 @@ class Node:
     # -- port ------------------------------------------------------------------------------
     def _admission(self, out: list[Action], t: float = 0.0) -> None:
         self.admission_started = t
+        self.admission_asked = self.admission_answered = False
         if self.client.registration is not None and self.method != "tls-fallback":
             out.append(StartAdmission("pwd", self.device_id, self.client.eap_pwd_password()))
             self.method = "pwd"
@@ -431,6 +485,7 @@ class Node:
             return False
         off = when - t
         self.offset += off
+        self._rebase(off)
         out.append(Log("clock", f"clock off by {off:+.0f} s: using the server's time"))
         return True
 
@@ -459,7 +514,60 @@ class Node:
         elif kind == "revocations":
             listing = self.client.revocation_reply(reply, t)
             if out is not None:
-                self._revocations(listing, t, out)
+                self._revocations(listing, self._clock_from_list(listing, t, out), out)
+
+    def _clock_from_list(self, listing: m.RevocationList, t: float, out: list[Action]) -> float:
+        """The realm's signed revocation list answers our nonce, so its `issued_at` is the
+        realm's time now (within a round trip): a clock more than CLOCK_SLACK from it moves there,
+        as on a signed clock-skew (within the same years). Without this a clock that fell behind
+        would learn of it only when its TGT ran out on that clock, up to a TGT's life later: its
+        requests wait for that, and its peers' realm refuses its hellos (to them, unsigned).
+        Returns the time from here on."""
+        off = listing.issued_at - t
+        if not math.isfinite(off) or abs(off) <= CLOCK_SLACK or not EARLIEST_TIME <= listing.issued_at < LATEST_TIME:
+            return t
+        self.offset += off
+        self._rebase(off)
+        out.append(Log("clock", f"clock off by {off:+.0f} s from the realm's signed revocation list: "
+                                f"using the server's time"))
+        return listing.issued_at
+
+    def _rebase(self, step: float) -> None:
+        """Move this node's own deadlines by `step`, a jump of its time (an offset adopted, or
+        the host's clock set back), so that what was due in 5 s is still due in 5 s: a clock
+        moved back by 10 min otherwise froze announces, polls, retries and handshakes for 10
+        min. The realm's times (ticket and session lifetimes) do not move, nor do the grace
+        periods of retiring keys (they end at most `step` late or early)."""
+        if not math.isfinite(step):
+            return
+        self.next_announce += step
+        self.next_scan += step
+        self.next_revocation_poll += step
+        self.retry_at += step
+        self.admission_started += step
+        for hs in self.initiating.values():
+            hs.started += step
+            hs.resend_at += step
+        for entry in self.responding.values():
+            entry.started += step
+            entry.resend_at += step
+        for done in self.answered.values():
+            done[3] += step
+        moved = {id(s): s for s in [*self.sessions.values(), *(s for _, s in self.by_id.values()),
+                                    *(hs.pending for hs in self.initiating.values() if hs.pending is not None)]}
+        for s in moved.values():
+            s.established_at += step
+            if s.deadline is not None:
+                s.deadline += step
+        for table in (self.peer_retry, self.moved_backoff):
+            for key, (not_before, backoff) in table.items():
+                table.put(key, (not_before + step, backoff))
+        for key, until in self.epoch_rekey.items():
+            self.epoch_rekey.put(key, until + step)
+        for n in self.neighbours.values():
+            n.last_seen += step
+            for mac, (epoch, when) in n.macs.items():
+                n.macs.put(mac, (epoch, when + step))
 
     def _failed(self, kind: str, ctx, exc: TesseraError, t: float, out: list[Action], retry_now: bool = False) -> None:
         if kind in ("register", "ticket"):
@@ -851,9 +959,16 @@ class Node:
             self.port = Port.ADMITTING
             self.method = None
             self._admission(out, t)
-        elif self.port is Port.ADMITTING and t - self.admission_started > self.timers.admission_timeout:
+        elif (self.port is Port.ADMITTING and (self.admission_answered or not self.admission_asked)
+              and t - self.admission_started > self.timers.admission_timeout):
+            why = "no EAP-Success" if self.admission_answered else "no EAP request from the switch"
             self._rejected(PortRejected((self.method or "tls").split("-")[0],
-                                        f"no EAP-Success within {self.timers.admission_timeout:.0f} s"), t, out)
+                                        f"{why} within {self.timers.admission_timeout:.0f} s"), t, out)
+        elif self.port is Port.ADMITTING and t - self.admission_started > self.timers.admission_silent_timeout:
+            method = (self.method or "tls").split("-")[0].upper()
+            out.append(Log("admission-silent", f"no answer from the RADIUS server within "
+                           f"{self.timers.admission_silent_timeout:.0f} s: starting EAP-{method} over"))
+            self._admission(out, t)
         self._lifecycle(t, out)
         if self.port is not Port.UP:
             return

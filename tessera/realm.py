@@ -132,6 +132,10 @@ class Realm:
             svc.keyring = ring
         return True
 
+    def close(self) -> None:
+        """Close the registry (a serving cache's listener stops first)."""
+        self.registry.close()
+
     @property
     def service_public_key(self) -> bytes:
         return point_bytes(self.signing_key.public_key)
@@ -268,13 +272,28 @@ def create_kek(path: str) -> bytes:
     return kek
 
 
-def open_realm(registry: str, kek_path: str) -> Realm:
+def open_realm(registry: str, kek_path: str, *, serving: bool = False, grace: float | None = None,
+               log: Callable[[str, str], None] | None = None) -> Realm:
     """The realm in the registry `registry` names (a `tessera.registry_url` URL, or a SQLite
     file's path as before), opened with the KEK in `kek_path`. The registry is closed again if
-    the realm cannot be opened."""
-    from .registry_url import open_registry
+    the realm cannot be opened.
+
+    `serving`: for a RADIUS server's module. A PostgreSQL registry is then read from an
+    in-process cache kept current by LISTEN/NOTIFY (`tessera.pg_cache.CachedRegistry`, served
+    while confirmed within `grace` seconds; docs/registry.md), so the request path issues no
+    query; `log(level, text)` ("info" or "error") hears when the database is lost and back.
+    SQLite is local and stays as it is."""
+    from .registry_url import POSTGRES_SCHEMES, open_registry
 
     reg = open_registry(registry)
+    if serving and registry.startswith(POSTGRES_SCHEMES):
+        from .pg_cache import DEFAULT_GRACE, CachedRegistry
+        options = {"log": log} if log is not None else {}
+        try:
+            reg = CachedRegistry(reg, grace=DEFAULT_GRACE if grace is None else grace, **options)
+        except BaseException:
+            reg.close()
+            raise
     try:
         return Realm(reg, read_kek(kek_path))
     except BaseException:

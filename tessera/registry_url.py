@@ -24,9 +24,10 @@ from .registry import Registry, RegistryError
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_registry(url: str) -> Registry:
+def open_registry(url: str, **options) -> Registry:
     """The registry `url` names (see the module docstring); RegistryError for a URL it cannot
-    take, `RegistryUnavailableError` when the database cannot be reached."""
+    take, `RegistryUnavailableError` when the database cannot be reached. `options` go to the
+    backend's constructor (`migrate=True` for `tessera-admin migrate` alone)."""
     if url.startswith(POSTGRES_SCHEMES):
         from psycopg import ProgrammingError, conninfo
 
@@ -38,7 +39,7 @@ def open_registry(url: str) -> Registry:
         if params.get("password"):
             raise RegistryError(f"the registry URL {display_url(url)} carries a password: take it out and put it "
                                 f"in ~/.pgpass, a file named by PGPASSFILE or a passfile= parameter")
-        return PostgresRegistry(url)
+        return PostgresRegistry(url, **options)
     if url.startswith("sqlite:"):
         path = url.removeprefix("sqlite:")
         if not path.startswith("///"):
@@ -52,7 +53,7 @@ def open_registry(url: str) -> Registry:
     from .sqlite_registry import SQLiteRegistry
     if path != ":memory:" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise RegistryError(f"no directory for the registry file {path}")
-    return SQLiteRegistry(path)
+    return SQLiteRegistry(path, **options)
 
 
 def display_url(url: str) -> str:

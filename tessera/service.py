@@ -371,8 +371,19 @@ class Service:
             raise
 
     def _check_current(self, device_id: str, generation: int) -> DeviceRecord:
-        """Revocation and re-registration take effect at once: the ticket's generation must be current."""
-        rec = self._device(device_id)
+        """Revocation and re-registration take effect at once: the ticket's generation must be current.
+
+        A registry that caches (tessera.pg_cache) may lag another server by a moment: a ticket
+        (authenticated, so the realm issued it) NEWER than the cached row means the device
+        registered elsewhere just now (the row may even still say enrolled), and that one row
+        is read through (`read_through`, which the cache budgets). A revoked row is final, and
+        an older generation is refused as superseded, from the cache alone."""
+        rec = self._not_revoked(self._enrolled(device_id))
+        read_through = getattr(self.registry, "read_through", None)
+        if rec.generation < generation and read_through is not None:
+            rec = self._not_revoked(read_through(device_id) or rec)
+        if rec.state is not DeviceState.REGISTERED:
+            raise NotRegisteredError(f"device {device_id} is not registered")
         if rec.generation != generation:
             raise SupersededError(f"{device_id}: registration {generation} was replaced by {rec.generation}")
         return rec

@@ -7,11 +7,13 @@ audit line, and never half-written. The file is created 0600.
 
 Schema versions live in `PRAGMA user_version`. `SCHEMA` is version 0 exactly as the first
 releases created it; `MIGRATIONS[n]` takes version n to n + 1 with ALTER TABLE ADD COLUMN /
-CREATE TABLE / CREATE INDEX only (no table rebuilds), so an existing registry is upgraded in
-place when it is opened, and a new one is created as version 0 and migrated the same way: one
-path for both. The upgrade runs in one BEGIN IMMEDIATE transaction that re-reads the version
-under the lock, so two servers opening the same old file at once migrate it once. A registry
-newer than this code is refused rather than misread.
+CREATE TABLE / CREATE INDEX only (no table rebuilds). A new (empty) file is created as version
+0 and migrated to the current version at once. An existing registry at an older version is
+refused when opened, naming both versions and `tessera-admin migrate`, which alone opens it with
+`migrate=True`: a server never changes the schema other servers (or an older tessera-admin) read
+behind the operator's back. The migration runs in one BEGIN IMMEDIATE transaction that re-reads
+the version under the lock, so two openers at once migrate it once. A registry newer than this
+code is refused rather than misread.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # version 1 → 2: the revocation list (`revoked_since`) reads the revoked devices by
     # revocation time from this partial index, never the whole device table
     ("CREATE INDEX IF NOT EXISTS device_revoked ON device (updated, device_id) WHERE state = 'revoked'",),
+    # version 2 -> 3: PostgreSQL's change feed (pg_registry.read_changes) stamps each device row
+    # with its writer's transaction id; here the column stays NULL (one SQLite server reads the
+    # file itself), kept so both backends walk the same versions
+    ("ALTER TABLE device ADD COLUMN change_txid INTEGER",
+     "CREATE INDEX IF NOT EXISTS device_change ON device (change_txid)"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -112,28 +119,36 @@ def _insert_audit(cur: sqlite3.Cursor, event: AuditEvent) -> None:
 class SQLiteRegistry:
     """`Registry` on one SQLite file (or ':memory:' for tests)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, migrate: bool = False, dry_run: bool = False):
+        """`migrate`: bring a registry at an older schema version to the current one instead of
+        refusing it (`tessera-admin migrate`); with `dry_run` too, only find its version
+        (`schema_found`) and change nothing."""
         self.path = path
+        self.schema_found: int | None = None  # the version found; None: an empty file, created now
         if path != ":memory:" and not os.path.exists(path):
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        self._migrate(migrate, dry_run)
 
-    def _migrate(self) -> None:
-        """Bring the file to SCHEMA_VERSION (see the module docstring); refuse a newer one."""
-        if self._version() == SCHEMA_VERSION:
+    def _migrate(self, migrate: bool, dry_run: bool) -> None:
+        """Create an empty file at SCHEMA_VERSION; migrate an older one only if `migrate` (else
+        refuse it); refuse a newer one (see the module docstring)."""
+        version = self._version()
+        self.schema_found = None if self._empty(version) else version
+        if version == SCHEMA_VERSION or dry_run:
+            self._refuse(version, migrate or self.schema_found is None)
             return
         cur = self._db.cursor()
         try:
             cur.execute("BEGIN IMMEDIATE")
             version = self._version()  # again, under the write lock: another process may have done it
-            if version > SCHEMA_VERSION:
-                raise RegistryError(f"{self.path}: registry schema version {version} is newer than this "
-                                    f"Tessera's ({SCHEMA_VERSION}); upgrade Tessera")
-            if version == 0:
+            empty = self._empty(version)
+            self.schema_found = None if empty else version
+            self._refuse(version, migrate or empty)
+            if version == 0 and empty:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         cur.execute(statement)
@@ -146,6 +161,20 @@ class SQLiteRegistry:
             if self._db.in_transaction:
                 cur.execute("ROLLBACK")
             raise
+
+    def _empty(self, version: int) -> bool:
+        return version == 0 and self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'device'").fetchone() is None
+
+    def _refuse(self, version: int, migrate: bool) -> None:
+        """RegistryError for a version this code does not serve: newer always, older unless migrating."""
+        if version > SCHEMA_VERSION:
+            raise RegistryError(f"{self.path}: registry schema version {version} is newer than this "
+                                f"Tessera's ({SCHEMA_VERSION}); upgrade Tessera")
+        if version < SCHEMA_VERSION and not migrate:
+            raise RegistryError(f"{self.path}: registry schema version {version} is older than this Tessera's "
+                                f"({SCHEMA_VERSION}); migrate it: tessera-admin migrate --registry "
+                                f"sqlite://{os.path.abspath(self.path)}")
 
     def _version(self) -> int:
         return self._db.execute("PRAGMA user_version").fetchone()[0]

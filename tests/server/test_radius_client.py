@@ -31,8 +31,9 @@ def sign_reply(request: packet.Packet, reply: packet.Packet, corrupt_ma: bool = 
 class FakeServer:
     """Answers every request according to ``mode``; records what it received."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, error: int = 8):
         self.mode = mode
+        self.error = error
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
@@ -58,7 +59,7 @@ class FakeServer:
             message = b"".join(req["Tessera-Message"])
             if self.mode == "reject":
                 reply.AddAttribute("Reply-Message", "revoked: device is revoked")
-                reply.AddAttribute("Tessera-Error", 8)
+                reply.AddAttribute("Tessera-Error", self.error)
                 reply.AddAttribute("Tessera-Reply", b"error-message")
             else:
                 for piece in split_message(b"echo:" + message):
@@ -82,8 +83,8 @@ class FakeServer:
 def fake():
     servers = []
 
-    def make(mode):
-        servers.append(FakeServer(mode))
+    def make(mode, error=8):
+        servers.append(FakeServer(mode, error))
         return servers[-1]
     yield make
     for s in servers:
@@ -137,3 +138,16 @@ def test_client_no_server_answered_names_every_server(fake):
     with pytest.raises(NoServerAnsweredError) as exc:
         RadiusClient([a.entry("r1"), b.entry("r2")], timeout=0.1, retries=0).exchange("dev", lambda sid: b"m")
     assert exc.value.server_ids == ["r1", "r2"]
+
+
+@pytest.mark.parametrize("error", [23, 24])  # registry-unavailable, server-clock: this server cannot serve now
+def test_client_a_server_that_cannot_serve_passes_the_request_on(fake, error):
+    unable, alive = fake("reject", error), fake("good")
+    built = []
+    reply = RadiusClient([unable.entry("r1"), alive.entry("r2")], timeout=1).exchange(
+        "dev", lambda sid: built.append(sid) or f"for {sid}".encode())
+    assert built == ["r1", "r2"] and reply == b"echo:for r2"
+    other = fake("reject", error)  # every server unable: the refusal itself, not "no server answered"
+    with pytest.raises(RejectedError) as exc:
+        RadiusClient([unable.entry("r1"), other.entry("r3")], timeout=1).exchange("dev", lambda sid: b"m")
+    assert exc.value.code == error and exc.value.server_id == "r3"

@@ -56,8 +56,8 @@ class SQLiteBackend:
         self.url = f"sqlite://{path}"
         self._opened: list = []
 
-    def open(self):
-        reg = sqlite_registry.SQLiteRegistry(self.path)
+    def open(self, **options):
+        reg = sqlite_registry.SQLiteRegistry(self.path, **options)
         self._opened.append(reg)
         return reg
 
@@ -122,8 +122,8 @@ class PostgresBackend:
         self.url = cluster.url(dbname)
         self._opened: list = []
 
-    def open(self):
-        reg = pg_registry.PostgresRegistry(self.conninfo)
+    def open(self, **options):
+        reg = pg_registry.PostgresRegistry(self.conninfo, **options)
         self._opened.append(reg)
         return reg
 
@@ -460,16 +460,16 @@ def test_claim_server_id_refuses_an_id_another_server_took_between_check_and_cla
 
 # -- schema versions -----------------------------------------------------------------------------
 def test_both_backends_walk_the_same_schema_versions():
-    assert pg_registry.SCHEMA_VERSION == sqlite_registry.SCHEMA_VERSION == 2
+    assert pg_registry.SCHEMA_VERSION == sqlite_registry.SCHEMA_VERSION == 3
     assert [len(m) for m in pg_registry.MIGRATIONS] == [len(m) for m in sqlite_registry.MIGRATIONS]
 
 
 def test_a_new_registry_is_at_the_current_version_and_reopening_changes_nothing(backend):
     backend.open().close()
-    assert backend.version() == 2
+    assert backend.version() == backend.module.SCHEMA_VERSION
     cols = backend.columns("device")
     backend.open().close()
-    assert backend.version() == 2 and backend.columns("device") == cols
+    assert backend.version() == backend.module.SCHEMA_VERSION and backend.columns("device") == cols
 
 
 def test_a_version_0_registry_is_migrated_in_place(backend):
@@ -482,8 +482,13 @@ def test_a_version_0_registry_is_migrated_in_place(backend):
         f"('SN-E', {key}, 'enrolled', 'key', 5, 5);"
         f"INSERT INTO meta (key, value) VALUES ('policy.clock_skew', {skew});"
         "INSERT INTO audit (time, event, device_id) VALUES (5, 'enrolled', 'SN-OLD')")
-    reg = backend.open()
-    assert backend.version() == 2
+    with pytest.raises(RegistryError, match=rf"registry schema version 0 is older than this Tessera's "
+                                            rf"\({backend.module.SCHEMA_VERSION}\); migrate it: "
+                                            rf"tessera-admin migrate --registry"):
+        backend.open()  # a server's open: refused, nothing changed
+    assert backend.version() == 0
+    reg = backend.open(migrate=True)  # tessera-admin migrate's
+    assert backend.version() == backend.module.SCHEMA_VERSION and reg.schema_found == 0
     old = reg.get_device("SN-OLD")
     assert (old.state, old.generation, old.sealed_drt) == (DeviceState.REGISTERED, 1, b"drt")
     assert (old.register_request_time, old.register_request_nonces) == (10 + 60, None)  # the realm's skew
@@ -502,7 +507,7 @@ def test_servers_opening_an_old_registry_at_once_migrate_it_once(backend):
 
     def run():
         try:
-            backend.open()
+            backend.open(migrate=True)
             results.append("ok")
         except Exception as exc:  # noqa: BLE001 -- reported below
             results.append(f"{type(exc).__name__}: {exc}")
@@ -513,13 +518,13 @@ def test_servers_opening_an_old_registry_at_once_migrate_it_once(backend):
     for t in threads:
         t.join(60)
     assert results == ["ok"] * 6
-    assert backend.version() == 2
+    assert backend.version() == backend.module.SCHEMA_VERSION
     assert [c[0] for c in backend.columns("device")].count("register_request_time") == 1
 
 
 def test_an_opener_that_read_the_old_version_before_the_lock_finds_the_migration_done(backend, monkeypatch):
     backend.make_v0()
-    backend.open().close()  # A
+    backend.open(migrate=True).close()  # A
     real = backend.cls._version
     reads = []
 
@@ -528,21 +533,22 @@ def test_an_opener_that_read_the_old_version_before_the_lock_finds_the_migration
         return 0 if len(reads) == 1 else real(self)
 
     monkeypatch.setattr(backend.cls, "_version", stale_first)
-    b = backend.open()  # B: no "duplicate column" / "already exists"
+    b = backend.open(migrate=True)  # B: no "duplicate column" / "already exists"
     assert len(reads) == 2 and b.list_devices() == []
-    assert backend.version() == 2
+    assert backend.version() == backend.module.SCHEMA_VERSION
 
 
 def test_a_registry_newer_than_the_code_is_refused_untouched(backend):
     reg = backend.open()
     reg.add_device(rec(), AuditEvent(1, "enrolled", "SN-1"))
     reg.close()
-    backend.set_version(3)
-    with pytest.raises(RegistryError, match="registry schema version 3 is newer than this Tessera's \\(2\\); "
-                                            "upgrade Tessera"):
+    current = backend.module.SCHEMA_VERSION
+    backend.set_version(current + 1)
+    with pytest.raises(RegistryError, match=f"registry schema version {current + 1} is newer than this "
+                                            f"Tessera's \\({current}\\); upgrade Tessera"):
         backend.open()
-    assert backend.version() == 3
-    backend.set_version(2)
+    assert backend.version() == current + 1
+    backend.set_version(current)
     assert backend.open().get_device("SN-1").state is DeviceState.ENROLLED  # control
 
 

@@ -1,4 +1,5 @@
-"""Registries made before registration freshness are upgraded in place when opened.
+"""Registries made before registration freshness are upgraded in place by `tessera-admin migrate`
+(`SQLiteRegistry(path, migrate=True)`); opening one without it is refused, untouched.
 
 The old registry comes from two independent places: ``tests/vectors/registry_v0.sql``, a dump
 of a realm that ``tessera-admin init`` and the service of git 4efee6a made (a device registered,
@@ -103,8 +104,14 @@ def test_legacy_registry_is_migrated_in_place_and_keeps_everything(tmp_path):
     before = {t: raw(path, f"SELECT * FROM {t} ORDER BY 1") for t in ("device", "audit", "meta", "service_key", "nas")}
     assert raw(path, "PRAGMA user_version") == [(0,)]
 
-    reg = SQLiteRegistry(path)
-    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    with pytest.raises(RegistryError, match=rf"registry schema version 0 is older than this Tessera's "
+                                            rf"\({SCHEMA_VERSION}\); migrate it: tessera-admin migrate "
+                                            rf"--registry sqlite://{tmp_path}/registry.db$"):
+        SQLiteRegistry(path)  # a server's open: refused, the file untouched
+    assert raw(path, "PRAGMA user_version") == [(0,)]
+    reg = SQLiteRegistry(path, migrate=True)
+    assert reg.schema_found == 0
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
     for table in ("meta", "service_key", "nas"):
         assert raw(path, f"SELECT * FROM {table} ORDER BY 1") == before[table], table
     # the old columns of every row are as they were; the new ones follow
@@ -127,13 +134,13 @@ def test_legacy_registry_is_migrated_in_place_and_keeps_everything(tmp_path):
     assert raw(path, indexes) == raw(fresh, indexes) and ("device_revoked",) in [r[:1] for r in raw(path, indexes)]
     reg.close()
     SQLiteRegistry(path).close()  # opening again changes nothing
-    assert raw(path, "PRAGMA user_version") == [(2,)]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 def test_legacy_realm_serves_after_the_upgrade(tmp_path):
     """The device registered under the old code keeps its DRT; its next registration is checked
     for freshness; a registration request it made before the upgrade cannot be replayed."""
-    realm = Realm(SQLiteRegistry(legacy_db(tmp_path / "registry.db")), KEK)
+    realm = Realm(SQLiteRegistry(legacy_db(tmp_path / "registry.db"), migrate=True), KEK)
     assert realm.name == "legacy.example"
     svc = realm.service("radius1")
     key = DeviceKey.generate(hashlib.sha256(b"legacy device SN-OLD").digest())
@@ -168,7 +175,7 @@ def test_v0_schema_text_makes_a_file_the_code_upgrades(tmp_path):
     db.execute("INSERT INTO audit (time, event, device_id) VALUES (5, 'enrolled', 'SN-E')")
     db.commit()
     db.close()
-    reg = SQLiteRegistry(path)
+    reg = SQLiteRegistry(path, migrate=True)
     rec = reg.get_device("SN-E")
     assert (rec.state, rec.generation, rec.register_request_time, rec.register_request_nonces) == \
         (DeviceState.ENROLLED, 0, None, None)  # never registered: no bar
@@ -179,15 +186,15 @@ def test_v0_schema_text_makes_a_file_the_code_upgrades(tmp_path):
 
 def _open(path: str, q) -> None:
     try:
-        SQLiteRegistry(path).close()
+        SQLiteRegistry(path, migrate=True).close()
         q.put("ok")
     except Exception as exc:  # noqa: BLE001 -- reported to the parent
         q.put(f"{type(exc).__name__}: {exc}")
 
 
 def test_servers_opening_one_legacy_file_at_once_migrate_it_once(tmp_path):
-    """Two radiusd (or radiusd and tessera-admin) start on the old file together: the second
-    waits for the first's migration and finds it done (no 'duplicate column name')."""
+    """Two `tessera-admin migrate` run on the old file together: the second waits for the
+    first's migration and finds it done (no 'duplicate column name')."""
     path = legacy_db(tmp_path / "registry.db")
     ctx = multiprocessing.get_context("fork")
     q = ctx.Queue()
@@ -198,7 +205,7 @@ def test_servers_opening_one_legacy_file_at_once_migrate_it_once(tmp_path):
     for p in procs:
         p.join(60)
     assert results == ["ok"] * 6
-    assert raw(path, "PRAGMA user_version") == [(2,)]
+    assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert [c[0] for c in columns(path, "device")].count("register_request_time") == 1
 
 
@@ -206,7 +213,7 @@ def test_an_opener_that_read_the_old_version_before_the_lock_finds_the_migration
     """The interleaving the processes above may or may not hit, made certain: B read version 0,
     A migrated, then B takes the write lock. B must re-read the version under it."""
     path = legacy_db(tmp_path / "registry.db")
-    SQLiteRegistry(path).close()  # A
+    SQLiteRegistry(path, migrate=True).close()  # A
     real = SQLiteRegistry._version
     reads = []
 
@@ -215,7 +222,7 @@ def test_an_opener_that_read_the_old_version_before_the_lock_finds_the_migration
         return 0 if len(reads) == 1 else real(self)
 
     monkeypatch.setattr(SQLiteRegistry, "_version", stale_first)
-    b = SQLiteRegistry(path)  # B: no "duplicate column name"
+    b = SQLiteRegistry(path, migrate=True)  # B: no "duplicate column name"
     assert len(reads) == 2 and b.get_device("SN-OLD").generation == 1
     assert [c[0] for c in columns(path, "device")].count("register_request_time") == 1
 

@@ -483,7 +483,7 @@ def test_index_exists_in_new_and_in_migrated_registries(tmp_path):
     db.commit()
     db.close()
     assert "device_revoked" not in _indexes(v1)  # control
-    SQLiteRegistry(v1).close()
+    SQLiteRegistry(v1, migrate=True).close()  # tessera-admin migrate
     for path in (fresh, v1):
         assert "device_revoked" in _indexes(path), path
         assert "device_revoked" in _plan(path)
