@@ -135,6 +135,9 @@ class Service:
     def process(self, request: bytes, now: float, sender: str | None = None) -> Outcome:
         """``sender``: the device the transport authenticated, if it did (see ``handle_as``)."""
         msg = m.decode(request, tuple(self._handlers))
+        check_clock = getattr(self.registry, "check_clock", None)  # tessera.pg_cache: this host's clock
+        if check_clock is not None:  # against the registry database's; ServerClockError when off
+            check_clock()
         if sender is not None and msg.device_id != sender:
             raise WrongIdentityError(f"the connection is {sender[:64]!r}'s, the message is from {msg.device_id!r}")
         if msg.realm != self.realm:

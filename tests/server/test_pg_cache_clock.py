@@ -218,3 +218,17 @@ def test_client_server_clock_from_every_server_is_the_refusal_the_node_hears(ser
     with pytest.raises(RejectedError) as refused:
         exchange([r1, r2])
     assert refused.value.code == E.ServerClockError.code and (r1.asked, r2.asked) == (["r1"], ["r2"])
+
+
+def test_pg_cache_a_server_whose_clock_is_off_issues_no_ticket(setup):
+    """Every exchange, not only writes: a TGT asked of the server whose clock is off is refused
+    with server-clock before anything is signed with its wrong time; the same request to a
+    server whose clock is right gets its TGT."""
+    skewed = serve(setup, Drift(OFF)).service("radius-skewed")
+    right = serve(setup, Drift(0.0)).service("radius-right")
+    dev = enrolled(setup.admin, right, "SN-CLOCK-TGT")
+    assert register(right, dev, setup.rand, time.time()).generation == 1
+    with pytest.raises(E.ServerClockError):
+        skewed.handle(dev.auth_request("radius-skewed", time.time(), setup.rand(16)), time.time() + OFF)
+    reply = right.handle(dev.auth_request("radius-right", time.time(), setup.rand(16)), time.time())
+    assert isinstance(m.decode(reply, (m.TicketReply,)), m.TicketReply)
