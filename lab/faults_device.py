@@ -275,8 +275,8 @@ SKEWED_OPENER = "tessera.lab.faults_device:open_skewed_realm"
 class SkewedService:
     """A `Service` whose every `now` is `skew` seconds off (see `open_skewed_realm`). With
     `checked`, a Tessera operation first asks the registry cache whether this server's clock is
-    right (`CachedRegistry.check_clock`), as `Service.process` would with the change proposed in
-    docs/registry.md ("Clocks"): the lab measures the realm with and without it."""
+    right (`CachedRegistry.check_clock`), as `Service.process` itself now does
+    (docs/registry.md, "Clocks")."""
 
     def __init__(self, service, skew: float, checked: bool):
         self._service, self._skew, self._checked = service, skew, checked
@@ -402,8 +402,7 @@ def server_clock(fl: FaultLab, seconds: float = SERVER_SKEW_S, checked: bool = F
     return Row(
         fault=f"{h.server_id}'s clock 10 min ahead for {seconds:.0f} s (its module's clock shifted by the lab's "
               f"realm opener, radiusd itself under libfaketime +10m)"
-              + ("; with the proposed check_clock() before each Tessera operation" if checked
-                 else "; as the service is today"),
+              + ("; with the check before each Tessera operation in the lab's shim too" if checked else ""),
         users_saw=(f"{h.server_id} " + (f"logged its clock off {_ms(said)} after its start" if said is not None
                                         else "did NOT log its clock off")
                    + "; devices that adopted a wrong clock: "
@@ -436,8 +435,7 @@ def _read_log(h, mark) -> str:
 SCENARIOS = {
     "port-flaps": port_flaps,
     "device-clock": device_clock,
-    "server-clock-checked": lambda fl: server_clock(fl, checked=True),
-    "server-clock": server_clock,  # last: the tickets radius1 issues on its wrong clock outlive it (see its row)
+    "server-clock": server_clock,  # Service.process checks the clock against the registry database's
 }
 
 
