@@ -14,23 +14,9 @@ from tessera import errors as E, message as m
 from tessera.node import CLOCK_SLACK, LinkUp, Log, Node, RadiusAnswer, RadiusFailed
 from tessera.service import ERROR_CONTEXT, REVOCATIONS_CONTEXT
 from tests.unit.conftest import T0, make_device
-from tests.unit.test_node import Net
+from tests.unit.test_clock import net, up  # noqa: F401 (net is a fixture: two nodes, SN-A and SN-B)
 
 MIN10 = 600
-
-
-@pytest.fixture
-def net(realm, service, rand):
-    n = Net(realm, service, rand)
-    n.add("SN-A", "bundle")
-    n.add("SN-B", "certificate")
-    return n
-
-
-def up(net, seconds: float = 3.0) -> None:
-    for dev in net.nodes:
-        net.carrier(dev, True)
-    net.run(seconds=seconds)
 
 
 def signed_skew(service, request: bytes, server_time: int) -> bytes:
