@@ -37,9 +37,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tessera.device import DeviceClient
+from tessera.peer import PeerInitiator, PeerResponder
 from tessera.radius.client import RadiusClient, Server
 
 IDS_PER_SOCKET = 256
+
+
+def session_requests(x: DeviceClient, y: DeviceClient, server_id: str, t: float, n: int) -> list[tuple[str, bytes]]:
+    """``n`` SessionRequests from y (the responder) for sessions with x, each with a fresh hello."""
+    out = []
+    for _ in range(n):
+        ia, rb = PeerInitiator(x, y.device_id), PeerResponder(y)
+        rb.receive_hello(ia.hello(t, os.urandom(16)), t)
+        out.append((y.device_id, rb.session_request(server_id, t, os.urandom(16))))
+    return out
 
 
 def cpu_seconds(pid: int) -> float:

@@ -35,13 +35,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from radius_load import Result, cpu_seconds, prebuild, run_load  # noqa: E402
+from radius_load import Result, cpu_seconds, prebuild, run_load, session_requests  # noqa: E402
 
 from tessera.device import DeviceClient  # noqa: E402
 from tessera.identity import DeviceKey, ServerEntry  # noqa: E402
 from tessera.lab import radiusd  # noqa: E402
 from tessera.lab.pki import LabPKI, write_file  # noqa: E402
-from tessera.peer import PeerInitiator, PeerResponder  # noqa: E402
 from tessera.radius.client import Server  # noqa: E402
 from tessera.radius.radsec import RadSecClient, RadSecServer, tls_context  # noqa: E402
 from tessera.realm import Realm, create_kek  # noqa: E402
@@ -225,16 +224,6 @@ def main(argv=None) -> int:
         print("FAILED: " + "; ".join(failures), file=sys.stderr)
         return 1
     return 0
-
-
-def session_requests(x: DeviceClient, y: DeviceClient, server_id: str, t: float, n: int) -> list[tuple[str, bytes]]:
-    """``n`` SessionRequests from y (the responder) for sessions with x, each with a fresh hello."""
-    out = []
-    for _ in range(n):
-        ia, rb = PeerInitiator(x, y.device_id), PeerResponder(y)
-        rb.receive_hello(ia.hello(t, os.urandom(16)), t)
-        out.append((y.device_id, rb.session_request(server_id, t, os.urandom(16))))
-    return out
 
 
 if __name__ == "__main__":

@@ -48,13 +48,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from radius_load import Result, prebuild, run_load, tree_cpu_seconds  # noqa: E402
+from radius_load import Result, prebuild, run_load, session_requests, tree_cpu_seconds  # noqa: E402
 
 from tessera.device import DeviceClient  # noqa: E402
 from tessera.identity import DeviceKey, ServerEntry  # noqa: E402
 from tessera.lab import radiusd  # noqa: E402
 from tessera.lab.pki import LabPKI  # noqa: E402
-from tessera.peer import PeerInitiator, PeerResponder  # noqa: E402
 from tessera.radius.client import RadiusClient, Server  # noqa: E402
 from tessera.realm import Realm, create_kek  # noqa: E402
 from tessera.registry_url import open_registry  # noqa: E402
@@ -164,12 +163,7 @@ def requests(b: Backend, exchange: str, n: int, n_regs: int) -> list[tuple[str, 
         out = [(x.device_id, build(sid, t, os.urandom(16))) for _ in range(n)]
         x.abandon()  # the replies are not read: x keeps the TGT it holds
         return out
-    out = []
-    for _ in range(n):
-        ia, rb = PeerInitiator(x, y.device_id), PeerResponder(y)
-        rb.receive_hello(ia.hello(t, os.urandom(16)), t)
-        out.append((y.device_id, rb.session_request(sid, t, os.urandom(16))))
-    return out
+    return session_requests(x, y, sid, t, n)
 
 
 def _load1() -> str:

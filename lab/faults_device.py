@@ -268,30 +268,24 @@ def device_clock(fl: FaultLab) -> Row:
 
 
 # -- (c) a server clock 10 min off -------------------------------------------------------------
-SKEW_ENV, GRACE_ENV, CHECKED_ENV = "TESSERA_LAB_CLOCK_SKEW", "TESSERA_LAB_REGISTRY_GRACE", "TESSERA_LAB_CLOCK_CHECKED"
+SKEW_ENV, GRACE_ENV = "TESSERA_LAB_CLOCK_SKEW", "TESSERA_LAB_REGISTRY_GRACE"
 SKEWED_OPENER = "tessera.lab.faults_device:open_skewed_realm"
 
 
 class SkewedService:
-    """A `Service` whose every `now` is `skew` seconds off (see `open_skewed_realm`). With
-    `checked`, a Tessera operation first asks the registry cache whether this server's clock is
-    right (`CachedRegistry.check_clock`), as `Service.process` itself now does
-    (docs/registry.md, "Clocks")."""
+    """A `Service` whose every `now` is `skew` seconds off (see `open_skewed_realm`); its clock
+    check against the registry database (`Service.process`) runs as in a real module."""
 
-    def __init__(self, service, skew: float, checked: bool):
-        self._service, self._skew, self._checked = service, skew, checked
+    def __init__(self, service, skew: float):
+        self._service, self._skew = service, skew
 
     def __getattr__(self, name):
         return getattr(self._service, name)
 
     def handle(self, request, now):
-        if self._checked:
-            self._service.registry.check_clock()
         return self._service.handle(request, now + self._skew)
 
     def handle_as(self, request, sender, now):
-        if self._checked:
-            self._service.registry.check_clock()
         return self._service.handle_as(request, sender, now + self._skew)
 
     def error_reply(self, exc, now):
@@ -309,14 +303,14 @@ class SkewedService:
 
 
 class SkewedRealm:
-    def __init__(self, realm, skew: float, checked: bool):
-        self._realm, self._skew, self._checked = realm, skew, checked
+    def __init__(self, realm, skew: float):
+        self._realm, self._skew = realm, skew
 
     def __getattr__(self, name):
         return getattr(self._realm, name)
 
     def service(self, server_id: str) -> SkewedService:
-        return SkewedService(self._realm.service(server_id), self._skew, self._checked)
+        return SkewedService(self._realm.service(server_id), self._skew)
 
 
 def open_skewed_realm(registry: str, kek_path: str) -> SkewedRealm:
@@ -339,7 +333,7 @@ def open_skewed_realm(registry: str, kek_path: str) -> SkewedRealm:
         radiusd.radlog(radiusd.L_INFO if level == "info" else radiusd.L_ERR, "tessera: " + text)
     reg = CachedRegistry(open_registry(registry), grace=float(os.environ[GRACE_ENV]), log=log,
                          wall=lambda: time.time() + skew)
-    return SkewedRealm(Realm(reg, read_kek(kek_path)), skew, os.environ.get(CHECKED_ENV) == "1")
+    return SkewedRealm(Realm(reg, read_kek(kek_path)), skew)
 
 
 def _set_opener(h, opener: str) -> None:
@@ -350,7 +344,7 @@ def _set_opener(h, opener: str) -> None:
     path.write_text(text.replace(old, old.split("=")[0] + f'= "{opener}"'))
 
 
-def server_clock(fl: FaultLab, seconds: float = SERVER_SKEW_S, checked: bool = False) -> Row:
+def server_clock(fl: FaultLab, seconds: float = SERVER_SKEW_S) -> Row:
     rl = fl.rl
     h = rl.hosts[0]
     base = h.radius.run_prefix
@@ -358,8 +352,7 @@ def server_clock(fl: FaultLab, seconds: float = SERVER_SKEW_S, checked: bool = F
     h.stop()
     mark = fl.mark()
     _set_opener(h, SKEWED_OPENER)
-    h.radius.run_prefix = (*base, "env", *faketime_env("+10m"), f"{SKEW_ENV}=600", f"{GRACE_ENV}={fl.grace}",
-                          f"{CHECKED_ENV}={int(checked)}")
+    h.radius.run_prefix = (*base, "env", *faketime_env("+10m"), f"{SKEW_ENV}=600", f"{GRACE_ENV}={fl.grace}")
     try:
         h.start()
         t0 = time.monotonic()
@@ -402,7 +395,7 @@ def server_clock(fl: FaultLab, seconds: float = SERVER_SKEW_S, checked: bool = F
     return Row(
         fault=f"{h.server_id}'s clock 10 min ahead for {seconds:.0f} s (its module's clock shifted by the lab's "
               f"realm opener, radiusd itself under libfaketime +10m)"
-              + ("; with the check before each Tessera operation in the lab's shim too" if checked else ""),
+              + "; the service checks its clock against the registry database's before each exchange",
         users_saw=(f"{h.server_id} " + (f"logged its clock off {_ms(said)} after its start" if said is not None
                                         else "did NOT log its clock off")
                    + "; devices that adopted a wrong clock: "
