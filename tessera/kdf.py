@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 PROTOCOL = b"tessera v1 "
+_MAX_OKM = 255 * 32
 
 # Labels (HKDF info prefixes). Ticket keys add the realm after the label.
 TICKET_DRT = b"ticket drt"  # service part of the device registration ticket
@@ -32,19 +30,40 @@ PEER_KEYS = b"peer keys"  # key schedule of a peer session, salted with the tran
 EAP_PWD = b"eap-pwd password"  # EAP-PWD password for port admission of a registered device
 
 
+def _hmac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, "sha256").digest()
+
+
 def derive(key: bytes, label: bytes, context: bytes = b"", length: int = 32, salt: bytes = b"") -> bytes:
-    """HKDF-SHA256(key, salt, info = "tessera v1 " || label || 0x00 || context)."""
-    return HKDF(
-        algorithm=hashes.SHA256(),
-        length=length,
-        salt=salt or None,
-        info=PROTOCOL + label + b"\x00" + context,
-    ).derive(key)
+    """HKDF-SHA256(key, salt, info = "tessera v1 " || label || 0x00 || context).
+
+    RFC 5869 spelled out with OpenSSL's HMAC-SHA256 (extract, then one expand block per 32
+    bytes), the construction `derive_keys` shares; the same bytes as cryptography's HKDF
+    (tests/unit/test_vectors.py and test_hot_path.py check this against it)."""
+    if not 0 < length <= _MAX_OKM:
+        raise ValueError(f"HKDF-SHA256 gives 1 to {_MAX_OKM} bytes")
+    prk = _hmac(salt or bytes(32), key)  # RFC 5869: no salt is HashLen zero bytes
+    info = PROTOCOL + label + b"\x00" + context
+    if length <= 32:
+        return _hmac(prk, info + b"\x01")[:length]
+    okm, block = [], b""
+    for i in range(1, -(-length // 32) + 1):
+        block = _hmac(prk, block + info + bytes((i,)))
+        okm.append(block)
+    return b"".join(okm)[:length]
+
+
+def derive_keys(key: bytes, *labels: bytes) -> list[bytes]:
+    """``[derive(key, label) for label in labels]`` (32 bytes each, no context, no salt),
+    with the HKDF extract done once: a request's proof key and reply key come from one STK or
+    LLK, so the pair costs three HMACs instead of four."""
+    prk = _hmac(bytes(32), key)
+    return [_hmac(prk, PROTOCOL + label + b"\x00\x01") for label in labels]
 
 
 def mac(key: bytes, data: bytes) -> bytes:
     """HMAC-SHA256, the MAC of every proof and finished message (32 bytes)."""
-    return hmac.digest(key, data, "sha256")
+    return hmac.new(key, data, "sha256").digest()
 
 
 def mac_ok(key: bytes, data: bytes, tag: bytes) -> bool:

@@ -22,7 +22,6 @@ normal exchange, less than a forged registration does (docs/layouts.md#signederr
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -118,6 +117,7 @@ class Service:
             m.SessionRequest: self._session,
             m.RevocationQuery: self._revocation_query,
         }
+        self._requests = tuple(self._handlers)
 
     # -- the entry points ----------------------------------------------------------------
     def handle(self, request: bytes, now: float) -> bytes:
@@ -134,7 +134,7 @@ class Service:
 
     def process(self, request: bytes, now: float, sender: str | None = None) -> Outcome:
         """``sender``: the device the transport authenticated, if it did (see ``handle_as``)."""
-        msg = m.decode(request, tuple(self._handlers))
+        msg = m.decode(request, self._requests)
         check_clock = getattr(self.registry, "check_clock", None)  # tessera.pg_cache: this host's clock
         if check_clock is not None:  # against the registry database's; ServerClockError when off
             check_clock()
@@ -167,7 +167,8 @@ class Service:
     def _register(self, req: m.RegisterRequest, now: int) -> Outcome:
         self.flush_audit(now)
         rec = self._enrolled(req.device_id)  # the enrolled key checks the proof: revoked or not
-        if not _verify_device(rec, REGISTER_CONTEXT + req.body(), req.signature):
+        device_key = point_from_bytes(rec.public_key)  # decoded once: it checks the proof and seals the LLK
+        if not verify(device_key, req.signature, REGISTER_CONTEXT + req.body()):
             self._registration_refused(req.device_id, "bad signature", now)
             raise BadProofError("registration signature does not verify with the enrolled key")
         with self._proven(req):  # the device proved itself: what follows may be signed
@@ -189,7 +190,7 @@ class Service:
         drt = seal_ticket(self.keyring, RegistrationTicket(req.device_id, generation, now, not_after, llk),
                           now, self.random(12))
         device_part = seal_to_public_key(
-            point_from_bytes(rec.public_key),
+            device_key,
             Writer().push_bytes(llk).push_u32(generation).push_u64(now).push_u64(not_after).getvalue(),
             drt_device_aad(self.realm, req.device_id, req.nonce), self.random(32))
         reply = m.RegisterReply(self.realm, req.device_id, req.nonce, drt, device_part)
@@ -221,7 +222,8 @@ class Service:
         drt = open_ticket(self.keyring, req.drt, RegistrationTicket, now)
         if drt.device_id != req.device_id:
             raise InvalidTicket("registration ticket belongs to another device")
-        if not kdf.mac_ok(kdf.derive(drt.llk, kdf.AUTH_PROOF), req.body(), req.mac):
+        proof_key, part_key = kdf.derive_keys(drt.llk, kdf.AUTH_PROOF, kdf.TGT_DEVICE_PART)
+        if not kdf.mac_ok(proof_key, req.body(), req.mac):
             raise BadProofError("proof of the LLK does not verify")
         with self._proven(req):
             check_skew(req.timestamp, now, self.policy.clock_skew)
@@ -230,7 +232,7 @@ class Service:
         self.replay.add(req.device_id, b"A" + _key(req.device_id, req.nonce), req.timestamp, now)
         not_after = min(now + self.policy.tgt_lifetime, drt.not_after)
         tgt, device_part = self._issue_tgt(drt.device_id, drt.generation, now, not_after, drt.not_after,
-                                           Sealer(kdf.derive(drt.llk, kdf.TGT_DEVICE_PART)), req.nonce)
+                                           Sealer(part_key), req.nonce)
         reply = m.TicketReply(self.realm, req.device_id, req.nonce, tgt, device_part)
         return Outcome("authenticate", req.device_id, reply.encode(), f"TGT until {not_after}")
 
@@ -238,7 +240,8 @@ class Service:
         old = open_ticket(self.keyring, req.tgt, GrantingTicket, now)
         if old.device_id != req.device_id:
             raise InvalidTicket("TGT belongs to another device")
-        if not kdf.mac_ok(kdf.derive(old.stk, kdf.RENEW_PROOF), req.body(), req.mac):
+        proof_key, part_key = kdf.derive_keys(old.stk, kdf.RENEW_PROOF, kdf.RENEW_DEVICE_PART)
+        if not kdf.mac_ok(proof_key, req.body(), req.mac):
             raise BadProofError("proof of the STK does not verify")
         with self._proven(req):
             check_skew(req.timestamp, now, self.policy.clock_skew)
@@ -247,7 +250,7 @@ class Service:
         self.replay.add(req.device_id, b"N" + _key(req.device_id, req.nonce), req.timestamp, now)
         not_after = min(now + self.policy.tgt_lifetime, old.registration_not_after)
         tgt, device_part = self._issue_tgt(old.device_id, old.generation, now, not_after, old.registration_not_after,
-                                           Sealer(kdf.derive(old.stk, kdf.RENEW_DEVICE_PART)), req.nonce)
+                                           Sealer(part_key), req.nonce)
         reply = m.TicketReply(self.realm, req.device_id, req.nonce, tgt, device_part)
         return Outcome("renew", req.device_id, reply.encode(), f"TGT until {not_after}")
 
@@ -262,7 +265,8 @@ class Service:
     # -- peer session key (claims 1, 3, 17, 27, 28) -----------------------------------------
     def _session(self, req: m.SessionRequest, now: int) -> Outcome:
         tgt_b = self._open_tgt(req.tgt, req.device_id, now)
-        if not kdf.mac_ok(kdf.derive(tgt_b.stk, kdf.SESSION_REQUEST), req.body(), req.mac):
+        proof_b, part_b = kdf.derive_keys(tgt_b.stk, kdf.SESSION_REQUEST, kdf.SESSION_PART)
+        if not kdf.mac_ok(proof_b, req.body(), req.mac):
             raise BadProofError("responder's proof of its STK does not verify")
         check_skew(req.timestamp, now, self.policy.clock_skew)
         self._valid_tgt(tgt_b, now)
@@ -274,7 +278,8 @@ class Service:
         if hello.initiator == req.device_id:
             raise WrongPeerError("a device cannot open a session with itself")
         tgt_a = self._open_tgt(hello.tgt, hello.initiator, now)
-        if not kdf.mac_ok(kdf.derive(tgt_a.stk, kdf.PEER_AUTHENTICATOR), hello.body(), hello.mac):
+        proof_a, part_a = kdf.derive_keys(tgt_a.stk, kdf.PEER_AUTHENTICATOR, kdf.SESSION_PART)
+        if not kdf.mac_ok(proof_a, hello.body(), hello.mac):
             raise BadProofError("initiator's authenticator does not verify")
         check_skew(hello.timestamp, now, self.policy.clock_skew)
         self._valid_tgt(tgt_a, now)
@@ -289,9 +294,9 @@ class Service:
         not_after = min(tgt_a.not_after, tgt_b.not_after, now + self.policy.session_lifetime)
         key = self.random(32)
         body = session_part_body(key, not_after, hello.initiator, req.device_id, hello.nonce, req.nonce)
-        part_r = Sealer(kdf.derive(tgt_b.stk, kdf.SESSION_PART)).seal(
+        part_r = Sealer(part_b).seal(
             self.random(12), body, session_part_aad(self.realm, hello.initiator, req.device_id, hello.nonce, b"R"))
-        part_i = Sealer(kdf.derive(tgt_a.stk, kdf.SESSION_PART)).seal(
+        part_i = Sealer(part_a).seal(
             self.random(12), body, session_part_aad(self.realm, hello.initiator, req.device_id, hello.nonce, b"I"))
         reply = m.SessionReply(self.realm, hello.initiator, req.device_id, hello.nonce, req.nonce, not_after,
                                part_r, part_i)
@@ -318,8 +323,10 @@ class Service:
         each answer costs one ECDSA signature, over the nonce it answers."""
         complete_since, revoked = self.revocation_list(now)
         reply = m.RevocationList(self.realm, req.device_id, req.server_id, req.nonce, now, complete_since, revoked)
-        reply.signature = self.signing_key.sign(REVOCATIONS_CONTEXT + reply.body())
-        return Outcome("revocations", req.device_id, reply.encode(), f"{len(revoked)} listed")
+        body = reply.body()
+        reply.signature = self.signing_key.sign(REVOCATIONS_CONTEXT + body)
+        # the signature is the last field: the reply is the signed body and it, encoded once
+        return Outcome("revocations", req.device_id, body + reply.signature, f"{len(revoked)} listed")
 
     def revocation_list(self, now: float) -> tuple[int, tuple[tuple[str, int], ...]]:
         """(complete_since, ((device id, revoked at), ...) newest first): every revocation at or
@@ -363,15 +370,11 @@ class Service:
             raise RevokedError(f"device {rec.device_id} is revoked")
         return rec
 
-    @contextlib.contextmanager
-    def _proven(self, req: m.Message):
+    @staticmethod
+    def _proven(req: m.Message) -> "_Proven":
         """Around the checks that follow a verified proof: an error raised inside refuses a real
         device's request, so it carries that request and `error_reply` may sign it."""
-        try:
-            yield
-        except TesseraError as exc:
-            exc.proven_request = req
-            raise
+        return _Proven(req)
 
     def _check_current(self, device_id: str, generation: int) -> DeviceRecord:
         """Revocation and re-registration take effect at once: the ticket's generation must be current.
@@ -465,6 +468,23 @@ def _complete_list(rows: list[tuple[str, int]], since: int, budget: int) -> tupl
     return since, tuple(listed)
 
 
+class _Proven:
+    """`Service._proven`'s context (a class, not a generator: every TGT and renewal enters one)."""
+
+    __slots__ = ("req",)
+
+    def __init__(self, req: m.Message):
+        self.req = req
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if isinstance(exc, TesseraError):
+            exc.proven_request = self.req
+        return False  # the error goes on
+
+
 def _key(device_id: str, nonce: bytes) -> bytes:
     return device_id.encode() + b"\x00" + nonce
 
@@ -475,7 +495,3 @@ def _valid_id(device_id: str) -> bool:
         return True
     except MalformedError:
         return False
-
-
-def _verify_device(rec: DeviceRecord, data: bytes, signature: bytes) -> bool:
-    return verify(point_from_bytes(rec.public_key), signature, data)

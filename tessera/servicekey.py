@@ -41,13 +41,19 @@ class KeyRing:
         if not keys:
             raise ValueError("a key ring needs at least one key")
         self.realm = realm
+        self.realm_bytes = realm.encode()  # in every ticket's associated data
         self._keys = {k.kvno: k for k in keys}
         self._sealers: dict[tuple[int, bytes], Sealer] = {}
+        self._current = self._newest_active()
+
+    def _newest_active(self) -> ServiceKey:
+        active = [k for k in self._keys.values() if k.retire_at is None]
+        return max(active or self._keys.values(), key=lambda k: k.kvno)
 
     @property
     def current(self) -> ServiceKey:
-        active = [k for k in self._keys.values() if k.retire_at is None]
-        return max(active or self._keys.values(), key=lambda k: k.kvno)
+        """The newest active version (kept from the last change of the ring: every ticket asks)."""
+        return self._current
 
     def versions(self) -> list[ServiceKey]:
         return sorted(self._keys.values(), key=lambda k: k.kvno)
@@ -71,6 +77,7 @@ class KeyRing:
         self._keys[old.kvno] = ServiceKey(old.kvno, old.key, old.created, now + longest_lifetime)
         new = ServiceKey(max(self._keys) + 1, new_key, now)
         self._keys[new.kvno] = new
+        self._current = self._newest_active()
         return new
 
     def prune(self, now: int) -> list[int]:
@@ -80,6 +87,8 @@ class KeyRing:
             del self._keys[kvno]
             for key in [k for k in self._sealers if k[0] == kvno]:
                 del self._sealers[key]
+        if gone:
+            self._current = self._newest_active()
         return gone
 
 

@@ -19,6 +19,7 @@ Byte layout: docs/layouts.md#service-sealed-tickets
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from . import kdf
@@ -29,7 +30,10 @@ from .wire import Reader, Writer
 VERSION = 1
 KIND_DRT = 1
 KIND_TGT = 2
-_HEADER_LEN = 6
+_HEADER = struct.Struct("!BBI")  # kind, version, kvno
+_HEADER_LEN = _HEADER.size
+_U32_U64_U64 = struct.Struct("!IQQ")
+_U32_U64_U64_U64 = struct.Struct("!IQQQ")
 MAX_TICKET = 400
 
 
@@ -48,12 +52,15 @@ class RegistrationTicket:
         return f"RegistrationTicket({self.device_id!r}, gen={self.generation}, {self.not_before}..{self.not_after})"
 
     def body(self) -> bytes:
-        return (Writer().push_str(self.device_id, 64).push_u32(self.generation)
-                .push_u64(self.not_before).push_u64(self.not_after).push_bytes(self.llk).getvalue())
+        return (Writer().push_str(self.device_id, 64)
+                .push_bytes(_U32_U64_U64.pack(self.generation, self.not_before, self.not_after))
+                .push_bytes(self.llk).getvalue())
+
+    _TAIL = struct.Struct("!IQQ32s")  # generation, not_before, not_after, llk
 
     @classmethod
     def parse(cls, r: Reader) -> "RegistrationTicket":
-        return cls(r.pull_str(64), r.pull_u32(), r.pull_u64(), r.pull_u64(), r.pull_bytes(32))
+        return cls(r.pull_str(64), *cls._TAIL.unpack(r.pull_bytes(cls._TAIL.size)))
 
 
 @dataclass(frozen=True)
@@ -72,27 +79,30 @@ class GrantingTicket:
         return f"GrantingTicket({self.device_id!r}, gen={self.generation}, {self.not_before}..{self.not_after})"
 
     def body(self) -> bytes:
-        return (Writer().push_str(self.device_id, 64).push_u32(self.generation)
-                .push_u64(self.not_before).push_u64(self.not_after)
-                .push_u64(self.registration_not_after).push_bytes(self.stk).getvalue())
+        return (Writer().push_str(self.device_id, 64)
+                .push_bytes(_U32_U64_U64_U64.pack(self.generation, self.not_before, self.not_after,
+                                                  self.registration_not_after))
+                .push_bytes(self.stk).getvalue())
+
+    _TAIL = struct.Struct("!IQQQ32s")  # generation, not_before, not_after, registration_not_after, stk
 
     @classmethod
     def parse(cls, r: Reader) -> "GrantingTicket":
-        return cls(r.pull_str(64), r.pull_u32(), r.pull_u64(), r.pull_u64(), r.pull_u64(), r.pull_bytes(32))
+        return cls(r.pull_str(64), *cls._TAIL.unpack(r.pull_bytes(cls._TAIL.size)))
 
 
 Ticket = RegistrationTicket | GrantingTicket
 
 
 def _header(kind: int, kvno: int) -> bytes:
-    return Writer().push_u8(kind).push_u8(VERSION).push_u32(kvno).getvalue()
+    return _HEADER.pack(kind, VERSION, kvno)
 
 
 def seal_ticket(ring: KeyRing, ticket: Ticket, now: int, nonce: bytes) -> bytes:
     """Seal a ticket under the current service key."""
     kvno = ring.current.kvno
     header = _header(ticket.KIND, kvno)
-    return header + ring.sealer(kvno, ticket.LABEL, now).seal(nonce, ticket.body(), header + ring.realm.encode())
+    return header + ring.sealer(kvno, ticket.LABEL, now).seal(nonce, ticket.body(), header + ring.realm_bytes)
 
 
 def ticket_kvno(blob: bytes) -> int:
@@ -106,14 +116,15 @@ def open_ticket(ring: KeyRing, blob: bytes, cls: type[Ticket], now: int) -> Tick
     """Open a service-sealed ticket of kind `cls`. Does not check validity (see `check_validity`)."""
     if len(blob) > MAX_TICKET:
         raise MalformedError("ticket too long")
-    r = Reader(blob)
-    kind, version, kvno = r.pull_u8(), r.pull_u8(), r.pull_u32()
+    if len(blob) < _HEADER_LEN:
+        raise MalformedError(f"truncated: a ticket of {len(blob)} bytes has no header")
+    kind, version, kvno = _HEADER.unpack_from(blob)
     if version != VERSION:
         raise UnsupportedVersionError(f"ticket version {version}")
     if kind != cls.KIND:
         raise InvalidTicket(f"ticket kind {kind} where {cls.KIND} is expected")
     header = blob[:_HEADER_LEN]
-    body = ring.sealer(kvno, cls.LABEL, now).open(r.pull_rest(), header + ring.realm.encode())
+    body = ring.sealer(kvno, cls.LABEL, now).open(blob[_HEADER_LEN:], header + ring.realm_bytes)
     try:
         br = Reader(body)
         t = cls.parse(br)

@@ -35,34 +35,66 @@ class Reader:
         """The bytes read so far (for binding a signature or MAC to a header)."""
         return self._data[: self._pos]
 
-    def _take(self, n: int) -> bytes:
-        if n < 0 or self._pos + n > self._end:
-            raise MalformedError(f"truncated: need {n} bytes, {self.remaining} left")
-        out = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return out
+    def _short(self, n: int, pos: int) -> MalformedError:
+        return MalformedError(f"truncated: need {n} bytes, {self._end - pos} left")
 
+    # Each pull reads in place with one bounds check: a request has ~20 fields.
     def pull_u8(self) -> int:
-        return self._take(1)[0]
+        pos = self._pos
+        if pos >= self._end:
+            raise self._short(1, pos)
+        self._pos = pos + 1
+        return self._data[pos]
 
     def pull_u16(self) -> int:
-        return _U16.unpack(self._take(2))[0]
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise self._short(2, pos)
+        self._pos = pos + 2
+        return _U16.unpack_from(self._data, pos)[0]
 
     def pull_u32(self) -> int:
-        return _U32.unpack(self._take(4))[0]
+        pos = self._pos
+        if pos + 4 > self._end:
+            raise self._short(4, pos)
+        self._pos = pos + 4
+        return _U32.unpack_from(self._data, pos)[0]
 
     def pull_u64(self) -> int:
-        return _U64.unpack(self._take(8))[0]
+        pos = self._pos
+        if pos + 8 > self._end:
+            raise self._short(8, pos)
+        self._pos = pos + 8
+        return _U64.unpack_from(self._data, pos)[0]
 
     def pull_bytes(self, n: int) -> bytes:
-        return self._take(n)
+        pos = self._pos
+        if n < 0 or pos + n > self._end:
+            raise self._short(n, pos)
+        self._pos = pos + n
+        return self._data[pos : pos + n]
 
     def pull_vbytes(self, max_len: int = 255) -> bytes:
         """A byte string with a one-byte length (≤ 255) or two-byte length (max_len > 255)."""
-        n = self.pull_u8() if max_len <= 255 else self.pull_u16()
+        data, pos, end = self._data, self._pos, self._end
+        if max_len <= 255:
+            if pos >= end:
+                raise self._short(1, pos)
+            n = data[pos]
+            pos += 1
+        else:
+            if pos + 2 > end:
+                raise self._short(2, pos)
+            n = _U16.unpack_from(data, pos)[0]
+            pos += 2
         if n > max_len:
+            self._pos = pos
             raise MalformedError(f"field of {n} bytes exceeds {max_len}")
-        return self._take(n)
+        if pos + n > end:
+            self._pos = pos
+            raise self._short(n, pos)
+        self._pos = pos + n
+        return data[pos : pos + n]
 
     def pull_str(self, max_len: int = 255) -> str:
         raw = self.pull_vbytes(max_len)
@@ -72,7 +104,7 @@ class Reader:
             raise MalformedError("text field is not UTF-8") from exc
 
     def pull_rest(self) -> bytes:
-        return self._take(self.remaining)
+        return self.pull_bytes(self.remaining)
 
     def finish(self) -> None:
         """Require that everything was read (trailing bytes are a format error)."""
@@ -109,14 +141,19 @@ class Writer:
         return self
 
     def push_vbytes(self, b: bytes, max_len: int = 255) -> "Writer":
-        if len(b) > max_len:
-            raise ValueError(f"field of {len(b)} bytes exceeds {max_len}")
-        self._parts.append(_U8.pack(len(b)) if max_len <= 255 else _U16.pack(len(b)))
-        self._parts.append(bytes(b))
+        n = len(b)
+        if n > max_len:
+            raise ValueError(f"field of {n} bytes exceeds {max_len}")
+        self._parts += (_U8.pack(n) if max_len <= 255 else _U16.pack(n), bytes(b))
         return self
 
     def push_str(self, s: str, max_len: int = 255) -> "Writer":
-        return self.push_vbytes(s.encode("utf-8"), max_len)
+        b = s.encode("utf-8")
+        n = len(b)
+        if n > max_len:
+            raise ValueError(f"field of {n} bytes exceeds {max_len}")
+        self._parts += (_U8.pack(n) if max_len <= 255 else _U16.pack(n), b)
+        return self
 
     def getvalue(self) -> bytes:
         return b"".join(self._parts)
