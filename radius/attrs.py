@@ -15,7 +15,7 @@ Pure functions only: no sockets, no pyrad, no FreeRADIUS.
 
 from __future__ import annotations
 
-import re
+import binascii
 from typing import Iterable
 
 #: Largest value of one Tessera VSA instance: 255 - 2 (attribute header) - 6 (vendor header).
@@ -23,7 +23,6 @@ MAX_CHUNK = 247
 #: Largest message that fits one 4096-byte RADIUS packet next to the other attributes
 #: (header 20, Message-Authenticator 18, User-Name and a little headroom).
 MAX_MESSAGE = 15 * MAX_CHUNK  # 3705 bytes: 15 instances of 255 bytes = 3825 on the wire
-_HEX_DIGITS = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
 
 class MessageTooLongError(ValueError):
@@ -64,16 +63,21 @@ def from_hex(value: str) -> bytes:
 
     Raises ``BadHexError`` for anything else (a missing prefix, odd length, non-hex digits).
     """
-    if not isinstance(value, str) or not value[:2].lower() == "0x":
+    if not isinstance(value, str) or value[:2] not in ("0x", "0X"):
         raise BadHexError("octets value without 0x prefix")
-    if not _HEX_DIGITS.fullmatch(value, 2):  # bytes.fromhex alone skips whitespace: "0x 01" is not FreeRADIUS's
-        raise BadHexError("octets value is not valid hex")
-    return bytes.fromhex(value[2:])
+    try:  # unhexlify takes only pairs of hex digits (bytes.fromhex would skip whitespace: "0x 01")
+        return binascii.unhexlify(value[2:])
+    except ValueError:  # binascii.Error (odd length, not a hex digit), or a non-ASCII character
+        raise BadHexError("octets value is not valid hex") from None
 
 
 def split_to_hex(message: bytes) -> list[str]:
-    """``split_message`` followed by ``to_hex`` on each piece (the plugin's reply side)."""
-    return [to_hex(p) for p in split_message(message)]
+    """``split_message`` followed by ``to_hex`` on each piece (the plugin's reply side), done as
+    one hex conversion of the message cut into pieces of ``2 * MAX_CHUNK`` digits."""
+    if len(message) > MAX_MESSAGE:
+        raise MessageTooLongError(f"message of {len(message)} bytes exceeds {MAX_MESSAGE}")
+    digits, step = bytes(message).hex(), 2 * MAX_CHUNK
+    return ["0x" + digits[i:i + step] for i in range(0, len(digits), step)] or ["0x"]
 
 
 def join_from_hex(values: Iterable[str]) -> bytes:

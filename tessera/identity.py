@@ -21,13 +21,14 @@ import datetime as dt
 import json
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:  # X.509 (~5 MiB RSS) is imported by the functions that use certificates: the agent never does
+    from cryptography import x509
 
 from .errors import CertificateError, MalformedError
 from .seal import point_bytes, point_from_bytes, private_key_from_seed
@@ -51,19 +52,39 @@ def check_realm(realm: str) -> str:
     return realm
 
 
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
+def _der_integer(value: bytes) -> bytes:
+    """DER INTEGER of an unsigned big-endian number: minimal, with a 00 byte before a high bit."""
+    value = value.lstrip(b"\x00")
+    if not value or value[0] & 0x80:
+        value = b"\x00" + value
+    return b"\x02" + bytes((len(value),)) + value
+
+
 def sign(private_key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    """ECDSA P-256 / SHA-256, as 64 bytes r||s."""
-    r, s = decode_dss_signature(private_key.sign(data, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    """ECDSA P-256 / SHA-256, as 64 bytes r||s, cut from OpenSSL's DER SEQUENCE { r, s } here
+    (``30 L 02 Lr r 02 Ls s``, every length below 128 for P-256): cryptography's
+    decode_dss_signature costs ~5 % of a signature (callgrind)."""
+    der = private_key.sign(data, _ECDSA_SHA256)
+    lr = der[3]
+    ls = der[5 + lr]
+    if der[0] != 0x30 or der[1] != len(der) - 2 or der[2] != 2 or der[4 + lr] != 2 or 6 + lr + ls != len(der):
+        raise ValueError("unexpected ECDSA signature encoding")
+    r, s = der[4:4 + lr].lstrip(b"\x00"), der[6 + lr:].lstrip(b"\x00")
+    return r.rjust(32, b"\x00") + s.rjust(32, b"\x00")
 
 
 def verify(public_key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
-    """Check a 64-byte r||s signature."""
+    """Check a 64-byte r||s signature (as DER, built here: the same bytes as cryptography's
+    encode_dss_signature, without its cost)."""
     if len(signature) != SIGNATURE_LEN:
         return False
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+    body = _der_integer(signature[:32]) + _der_integer(signature[32:])
+    der = b"\x30" + bytes((len(body),)) + body
     try:
-        public_key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+        public_key.verify(der, data, _ECDSA_SHA256)
     except InvalidSignature:
         return False
     return True
@@ -86,6 +107,7 @@ def load_private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
 
 
 def load_certificate(pem: bytes) -> x509.Certificate:
+    from cryptography import x509
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError as exc:
@@ -134,6 +156,7 @@ def certificate_device_id(cert: x509.Certificate) -> str:
     RadSec matches the connection's CN to the message). An 802.1AR subject serialNumber, if
     there is one, must name the same device: a certificate whose CN names something else would
     enrol a device that could never be admitted."""
+    from cryptography.x509.oid import NameOID
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(cns) != 1:
         raise CertificateError("the subject must hold exactly one CN, the device id "
@@ -164,6 +187,7 @@ def _check_validity(cert: x509.Certificate, when: dt.datetime, what: str) -> Non
 
 
 def _extension(cert: x509.Certificate, cls):
+    from cryptography import x509
     try:
         return cert.extensions.get_extension_for_class(cls).value
     except x509.ExtensionNotFound:
@@ -172,17 +196,13 @@ def _extension(cert: x509.Certificate, cls):
         raise CertificateError(f"the certificate's extensions do not parse ({exc})") from None
 
 
-_EKU_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
-              ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning", ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
-              ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping", ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
-              ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "anyExtendedKeyUsage"}
-
-
 def check_end_entity(cert: x509.Certificate) -> None:
     """A device's certificate: not a CA (BasicConstraints CA=false or absent in a v3
     certificate, no keyCertSign), usable for TLS client authentication (clientAuth if it
     restricts its extended key usage) and for signatures (digitalSignature if it has a
     keyUsage), on an EC P-256 key."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
     if cert.version is not x509.Version.v3:
         raise CertificateError("an X.509 v1 certificate cannot say it is an end-entity certificate")
     bc = _extension(cert, x509.BasicConstraints)
@@ -196,7 +216,12 @@ def check_end_entity(cert: x509.Certificate) -> None:
         raise CertificateError("the certificate's keyUsage lacks digitalSignature (EAP-TLS and registration sign)")
     eku = _extension(cert, x509.ExtendedKeyUsage)
     if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-        names = ", ".join(_EKU_NAMES.get(u, u.dotted_string) for u in eku)
+        eku_names = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+                     ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+                     ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+                     ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping", ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+                     ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "anyExtendedKeyUsage"}
+        names = ", ".join(eku_names.get(u, u.dotted_string) for u in eku)
         raise CertificateError(f"the certificate's extended key usage ({names}) lacks clientAuth")
     try:
         key = cert.public_key()
@@ -232,6 +257,7 @@ def check_device_certificate(cert: x509.Certificate, trusted: list[x509.Certific
 
 
 def _check_issuer(ca: x509.Certificate, when: dt.datetime) -> None:
+    from cryptography import x509
     name = ca.subject.rfc4514_string()[:80]
     bc = _extension(ca, x509.BasicConstraints)
     if bc is None or not bc.ca:
@@ -251,6 +277,8 @@ class CertificateAuthority:
 
     @classmethod
     def generate(cls, name: str, now: float, lifetime_days: int = 3650) -> "CertificateAuthority":
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tessera"),
                              x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -271,6 +299,7 @@ class CertificateAuthority:
         return cls(load_certificate(cert_pem), load_private_key(key_pem))
 
     def _issue(self, subject: x509.Name, public_key, now: float, days: int, eku, san=None) -> x509.Certificate:
+        from cryptography import x509
         start = dt.datetime.fromtimestamp(now, dt.timezone.utc) - dt.timedelta(minutes=5)
         b = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(self.certificate.subject)
@@ -287,12 +316,16 @@ class CertificateAuthority:
 
     def issue_device_certificate(self, device_id: str, public_key, now: float, lifetime_days: int = 3650) -> x509.Certificate:
         """An 802.1AR-style device certificate: CN and serialNumber are the device id."""
+        from cryptography import x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
         check_device_id(device_id)
         subject = x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, device_id),
                              x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
         return self._issue(subject, public_key, now, lifetime_days, ExtendedKeyUsageOID.CLIENT_AUTH)
 
     def issue_server_certificate(self, hostname: str, public_key, now: float, lifetime_days: int = 825) -> x509.Certificate:
+        from cryptography import x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
         return self._issue(subject, public_key, now, lifetime_days, ExtendedKeyUsageOID.SERVER_AUTH,
                            [x509.DNSName(hostname)])

@@ -5,6 +5,20 @@ WAL mode with synchronous=NORMAL: readers (the plugin's request path) never wait
 also appends its audit event, so a device is never enrolled, registered or revoked without its
 audit line, and never half-written. The file is created 0600.
 
+What NORMAL costs in durability: a committed transaction survives the process (radiusd,
+tessera-admin) crashing or being killed, but not the machine losing power or the kernel
+crashing before the next checkpoint syncs the WAL (SQLite's default: once the WAL passes 1000
+pages; a registration writes 5-6, so up to ~180 registrations). A registration lost that way
+leaves the device holding a DRT newer than its row: it is refused (not-registered or
+superseded, signed) and registers again; its request, if captured, could be replayed within
+the clock skew only to make it register again (the reply is sealed to its key). A revocation
+must not come back that way, so `set_state` commits with synchronous=FULL (one fsync, in
+tessera-admin, off the request path). FULL for every registration would put an fsync into the
+serialised module for each one.
+
+Reads: `get_device` keeps the rows it read in memory while `PRAGMA data_version` (one cheap
+statement per call) says no other connection committed, and drops a row this connection writes.
+
 Schema versions live in `PRAGMA user_version`. `SCHEMA` is version 0 exactly as the first
 releases created it; `MIGRATIONS[n]` takes version n to n + 1 with ALTER TABLE ADD COLUMN /
 CREATE TABLE / CREATE INDEX only (no table rebuilds). A new (empty) file is created as version
@@ -20,6 +34,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 
 from .registry import (AuditEvent, DeviceRecord, DeviceState, Registered, RegistryError, ServerRecord,
                        StaleRequestError, check_freshness)
@@ -99,6 +114,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+ROWS_KEPT = 4096  # device rows `get_device` keeps in memory (the request path's reads)
+
 _COLUMNS = ("device_id, public_key, state, enrolled_by, created, updated, cert_issuer, cert_serial, "
             "generation, registered_at, registration_not_after, sealed_drt, "
             "nas_identifier, nas_address, nas_port_id, calling_station, located_at, "
@@ -131,6 +148,11 @@ class SQLiteRegistry:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._rows: dict[str, tuple] = {}  # device id -> its row, as of data_version `_rows_version`
+        self._rows_version: int | None = None
+        # get_device's check-read-store and a writer's drop after its commit exclude each other:
+        # a row read before a write must not be stored after the write dropped it
+        self._rows_lock = threading.Lock()
         self._migrate(migrate, dry_run)
 
     def _migrate(self, migrate: bool, dry_run: bool) -> None:
@@ -196,8 +218,27 @@ class SQLiteRegistry:
 
     # -- reads ---------------------------------------------------------------------------
     def get_device(self, device_id: str) -> DeviceRecord | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM device WHERE device_id = ?", (device_id,)).fetchone()
-        return _record(row) if row else None
+        """The device's row, from memory while no other connection has committed since it was
+        read (`PRAGMA data_version`, checked on every call: a revocation tessera-admin commits
+        is seen by the next request) and this connection has not written it."""
+        with self._rows_lock:
+            version = self.data_version()
+            if version != self._rows_version:
+                self._rows.clear()
+                self._rows_version = version
+            row = self._rows.get(device_id)
+            if row is None:
+                row = self._db.execute(f"SELECT {_COLUMNS} FROM device WHERE device_id = ?", (device_id,)).fetchone()
+                if row is None:
+                    return None
+                if len(self._rows) >= ROWS_KEPT:
+                    del self._rows[next(iter(self._rows))]  # the oldest read
+                self._rows[device_id] = row
+        return _record(row)
+
+    def _forget(self, device_id: str) -> None:
+        with self._rows_lock:
+            self._rows.pop(device_id, None)
 
     def find_by_certificate(self, issuer: str, serial_hex: str) -> DeviceRecord | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM device WHERE cert_issuer = ? AND cert_serial = ?",
@@ -231,10 +272,13 @@ class SQLiteRegistry:
                 self._db.execute("SELECT kvno, sealed, created, retire_at FROM service_key ORDER BY kvno")]
 
     # -- writes: one transaction each, with the audit line ---------------------------------
-    def _tx(self, statements, event: AuditEvent | None, require_one: bool = False):
+    def _tx(self, statements, event: AuditEvent | None, require_one: bool = False, durable: bool = False):
         """Run statements and the audit insert atomically; with `require_one`, roll back unless
-        the first statement changed exactly one row (returns its count either way)."""
+        the first statement changed exactly one row (returns its count either way). `durable`:
+        the commit syncs the WAL to disk before it returns (synchronous=FULL for this one)."""
         cur = self._db.cursor()
+        if durable:
+            cur.execute("PRAGMA synchronous=FULL")
         try:
             cur.execute("BEGIN IMMEDIATE")
             counts = [cur.execute(sql, args).rowcount for sql, args in statements]
@@ -249,6 +293,9 @@ class SQLiteRegistry:
             if self._db.in_transaction:
                 cur.execute("ROLLBACK")
             raise
+        finally:
+            if durable:
+                cur.execute("PRAGMA synchronous=NORMAL")
 
     def add_device(self, record: DeviceRecord, event: AuditEvent) -> None:
         r = record
@@ -261,6 +308,8 @@ class SQLiteRegistry:
                         r.register_request_time, r.register_request_nonces))], event)
         except sqlite3.IntegrityError as exc:
             raise RegistryError(f"device {r.device_id} (or its certificate) is already enrolled") from exc
+        finally:
+            self._forget(r.device_id)
 
     def record_registration(self, device_id, expect_generation, generation, not_after, sealed_drt, now, event, *,
                             request_time: int, request_nonce: bytes) -> Registered:
@@ -296,19 +345,27 @@ class SQLiteRegistry:
             if self._db.in_transaction:
                 cur.execute("ROLLBACK")
             raise
+        finally:
+            self._forget(device_id)  # written here: data_version does not move for our own commits
 
     def set_state(self, device_id: str, state: DeviceState, now: int, event: AuditEvent) -> None:
         extra = ", sealed_drt = NULL" if state is DeviceState.REVOKED else ""
-        (n,) = self._tx([(f"UPDATE device SET state = ?, updated = ?{extra} WHERE device_id = ?",
-                          (state.value, now, device_id))], event, require_one=True)
+        try:
+            (n,) = self._tx([(f"UPDATE device SET state = ?, updated = ?{extra} WHERE device_id = ?",
+                              (state.value, now, device_id))], event, require_one=True, durable=True)
+        finally:
+            self._forget(device_id)
         if n != 1:
             raise RegistryError(f"device {device_id} is not enrolled")
 
     def record_location(self, device_id, nas_identifier, nas_address, nas_port_id, calling_station, now) -> bool:
-        (n,) = self._tx([("UPDATE device SET nas_identifier = ?, nas_address = ?, nas_port_id = ?, "
-                          "calling_station = ?, located_at = ? WHERE device_id = ?",
-                          (nas_identifier, nas_address, nas_port_id, calling_station, now, device_id))],
-                        None, require_one=True)
+        try:
+            (n,) = self._tx([("UPDATE device SET nas_identifier = ?, nas_address = ?, nas_port_id = ?, "
+                              "calling_station = ?, located_at = ? WHERE device_id = ?",
+                              (nas_identifier, nas_address, nas_port_id, calling_station, now, device_id))],
+                            None, require_one=True)
+        finally:
+            self._forget(device_id)
         return n == 1
 
     def put_nas(self, name: str, address: str, port: int, sealed_secret: bytes, event: AuditEvent) -> None:

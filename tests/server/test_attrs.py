@@ -38,7 +38,8 @@ def test_attrs_to_hex_keeps_nul_bytes():
     assert attrs.to_hex(b"\x00\x01\xff") == "0x0001ff"
 
 
-@pytest.mark.parametrize("bad", ["", "0x0", "0xzz", "abcd", None, b"0x00"])
+@pytest.mark.parametrize("bad", ["", "0x0", "0xzz", "abcd", None, b"0x00", "0x 0", "0x00 ", "0x\n00", "0x0g",
+                                 "0x\u0660\u0661", "00x0"])
 def test_attrs_from_hex_rejects_non_freeradius_values(bad):
     with pytest.raises(attrs.BadHexError):
         attrs.from_hex(bad)
@@ -47,3 +48,13 @@ def test_attrs_from_hex_rejects_non_freeradius_values(bad):
 
 def test_attrs_from_hex_accepts_upper_case():
     assert attrs.from_hex("0XABcd") == b"\xab\xcd"
+
+
+def test_attrs_split_to_hex_cuts_at_247_bytes():
+    """The documented framing: consecutive 247-byte pieces, each "0x" + lower-case hex."""
+    message = bytes(range(256)) * 2  # 512 bytes: 247 + 247 + 18
+    assert attrs.split_to_hex(message) == ["0x" + message[:247].hex(), "0x" + message[247:494].hex(),
+                                           "0x" + message[494:].hex()]
+    assert attrs.split_to_hex(b"") == ["0x"]
+    with pytest.raises(attrs.MessageTooLongError):
+        attrs.split_to_hex(b"a" * (attrs.MAX_MESSAGE + 1))

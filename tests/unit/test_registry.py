@@ -29,6 +29,79 @@ def test_file_is_private_and_survives_reopen(tmp_path):
     assert [e.event for e in again.audit()] == ["enrolled"]
 
 
+def test_sqlite_kept_rows_follow_other_connections_and_own_writes(tmp_path):
+    """get_device serves a row from memory only until a commit elsewhere (tessera-admin's
+    revocation: seen by the very next read) or a write on this connection."""
+    path = str(tmp_path / "r.db")
+    serving, admin = SQLiteRegistry(path), SQLiteRegistry(path)
+    admin.add_device(rec(), AuditEvent(1, "enrolled", "SN-1"))
+    admin.add_device(rec("SN-2"), AuditEvent(1, "enrolled", "SN-2"))
+    assert serving.get_device("SN-1").state is DeviceState.ENROLLED  # read, and kept
+    assert serving.get_device("SN-1").state is DeviceState.ENROLLED
+    admin.set_state("SN-1", DeviceState.REVOKED, 2, AuditEvent(2, "revoked", "SN-1"))
+    assert serving.get_device("SN-1").state is DeviceState.REVOKED
+    assert serving.get_device("SN-2").state is DeviceState.ENROLLED  # the same reads, another device
+    serving.record_registration("SN-2", 0, 1, 100, b"drt", 3, AuditEvent(3, "registered", "SN-2"),
+                                request_time=3, request_nonce=b"\x01" * 16)
+    got = serving.get_device("SN-2")
+    assert (got.state, got.generation, got.sealed_drt) == (DeviceState.REGISTERED, 1, b"drt")
+    serving.set_state("SN-2", DeviceState.REVOKED, 4, AuditEvent(4, "revoked", "SN-2"))
+    assert serving.get_device("SN-2").state is DeviceState.REVOKED
+    assert admin.get_device("SN-2").state is DeviceState.REVOKED
+
+
+def test_sqlite_kept_rows_never_keep_a_row_read_before_a_revocation(tmp_path):
+    """A read on one thread racing a revocation on another through the same registry: once
+    set_state has returned, every later read says revoked (the row read before the commit must
+    not be kept after the writer dropped it). GIL switches forced as often as possible; without
+    the lock around check-read-store this kept the stale row in about a quarter of the trials."""
+    import sys
+    import threading
+
+    reg = SQLiteRegistry(str(tmp_path / "r.db"))
+    reg.add_device(rec(), AuditEvent(1, "enrolled", "SN-1"))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    stale = 0
+    try:
+        for t in range(150):
+            reg.set_state("SN-1", DeviceState.ENROLLED, 2 + t, AuditEvent(2 + t, "restored", "SN-1"))
+            done = threading.Event()
+
+            def reader():
+                while not done.is_set():
+                    reg._forget("SN-1")  # a fresh SELECT every time, as after an eviction
+                    reg.get_device("SN-1")
+
+            th = threading.Thread(target=reader)
+            th.start()
+            reg.set_state("SN-1", DeviceState.REVOKED, 2 + t, AuditEvent(2 + t, "revoked", "SN-1"))
+            done.set()
+            th.join()
+            stale += reg.get_device("SN-1").state is not DeviceState.REVOKED
+    finally:
+        sys.setswitchinterval(interval)
+    assert stale == 0
+
+
+def test_sqlite_revocation_commits_with_a_wal_sync(tmp_path):
+    """Registrations commit with synchronous=NORMAL (no fsync until checkpoint); a revocation
+    alone syncs the WAL (FULL), and the connection is back at NORMAL after it."""
+    reg = SQLiteRegistry(str(tmp_path / "r.db"))
+    reg.add_device(rec(), AuditEvent(1, "enrolled", "SN-1"))
+    statements = []
+    reg._db.set_trace_callback(statements.append)
+    reg.record_registration("SN-1", 0, 1, 100, b"drt", 3, AuditEvent(3, "registered", "SN-1"),
+                            request_time=3, request_nonce=b"\x01" * 16)
+    assert not any("synchronous" in s for s in statements)
+    statements.clear()
+    reg.set_state("SN-1", DeviceState.REVOKED, 4, AuditEvent(4, "revoked", "SN-1"))
+    assert statements[0] == "PRAGMA synchronous=FULL" and statements[-1] == "PRAGMA synchronous=NORMAL"
+    assert statements.index("COMMIT") < len(statements) - 1
+    reg._db.set_trace_callback(None)
+    assert reg._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
 @pytest.mark.parametrize("last_time, last_nonces, time, nonce, fresh", [
     (None, None, 5, b"\x01" * 16, b"\x01" * 16),  # never registered
     (5, b"\x01" * 16, 6, b"\x01" * 16, b"\x01" * 16),  # a later second: only its own nonce is kept
