@@ -40,6 +40,11 @@ PACKAGES = {
     "tcpdump": "tcpdump",
     "ip": "iproute2",
     "sysctl": "procps",
+    "krb5kdc": "krb5-kdc",
+    "kdb5_util": "krb5-kdc",
+    "kadmin.local": "krb5-admin-server",
+    "krb5-config": "libkrb5-dev",
+    "gcc": "gcc",
 }
 RLM_PYTHON3 = Path("/usr/lib/freeradius/rlm_python3.so")
 # "postgresql": the server binaries, which Debian keeps off PATH (private clusters: lab/postgres.py)
