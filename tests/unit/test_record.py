@@ -1,6 +1,9 @@
 """The replay window and the record layer, frame by frame."""
 
+import struct
+
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, strategies as st
 
 from tessera import errors as E
@@ -62,3 +65,61 @@ def test_wrong_direction_key_does_not_open():
     with pytest.raises(E.BadProofError):
         RecordReceiver(b"S" * 8, b"k" * 32, b"I" * 12).open(frame)  # the other direction's IV
     assert RecordReceiver(b"S" * 8, b"k" * 32, b"i" * 12).open(frame) == b"x"  # control: this direction's keys
+
+
+# Records built here from docs/layouts.md#peer-records with struct and AESGCM, not by RecordSender.
+SID, KEY, IV = bytes(range(8)), bytes(range(32)), bytes(range(100, 112))
+
+
+def layout_record(seq: int, plaintext: bytes, sid: bytes = SID, version: int = 1, mtype: int = 35) -> bytes:
+    header = struct.pack("!BB8sQ", version, mtype, sid, seq)
+    nonce = IV[:4] + struct.pack("!Q", int.from_bytes(IV[4:], "big") ^ seq)
+    return header + AESGCM(KEY).encrypt(nonce, plaintext, header)
+
+
+@given(window=st.sampled_from([1, 8, 64]),
+       seqs=st.lists(st.one_of(st.integers(0, 150), st.integers(2**48 - 3, 2**48 + 3)), max_size=120),
+       in_order=st.integers(0, 40))
+def test_open_accepts_each_record_at_most_once_within_the_window(window, seqs, in_order):
+    """open() against a model of the window: in-order runs (its shortcut), reordering, repeats,
+    jumps; an accepted record gives its plaintext, a refused one changes nothing."""
+    rx, seen, top = RecordReceiver(SID, KEY, IV, window), set(), 0
+    for seq in list(range(1, in_order + 1)) + seqs:
+        fresh = seq > 0 and seq not in seen and (seq > top or top - seq < window)
+        frame = layout_record(seq, b"%d" % seq)
+        try:
+            got = rx.open(memoryview(frame) if seq % 2 else frame)
+        except E.ReplayError:
+            assert not fresh, (seq, top)
+            continue
+        assert fresh and got == b"%d" % seq, (seq, top)
+        seen.add(seq)
+        top = max(top, seq)
+        assert rx.window.top == top
+
+
+def test_open_names_why_a_header_is_refused_and_moves_nothing():
+    rx = RecordReceiver(SID, KEY, IV)
+    assert rx.open(layout_record(1, b"one")) == b"one"
+    for frame, error in ((layout_record(2, b"v", version=2), E.MalformedError),
+                         (layout_record(2, b"t", mtype=34), E.MalformedError),
+                         (layout_record(2, b"s", sid=bytes(8)), E.StateError),
+                         (layout_record(2, b"s")[:33], E.MalformedError)):
+        with pytest.raises(error):
+            rx.open(frame)
+    assert (rx.window.top, rx.window.bits) == (1, 1)
+    assert rx.open(layout_record(2, b"two")) == b"two"  # control: the same seq, this session's header
+
+
+def test_sender_seals_what_the_layout_says_after_the_first_record():
+    """The header prefix and nonce are kept between records: each record still matches the layout."""
+    tx = RecordSender(SID, KEY, IV)
+    assert [tx.seal(b"%d" % i) for i in range(1, 5)] == [layout_record(i, b"%d" % i) for i in range(1, 5)]
+
+
+def test_session_id_is_eight_bytes():
+    with pytest.raises(ValueError):
+        RecordReceiver(SID[:7], KEY, IV)
+    with pytest.raises(ValueError):
+        RecordSender(SID + b"\0", KEY, IV)
+    RecordSender(SID, KEY, IV)  # control
