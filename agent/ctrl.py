@@ -21,7 +21,6 @@ import os
 import re
 import select
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -86,9 +85,9 @@ class CtrlClient:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._events: collections.deque[CtrlEvent] = collections.deque()
-        fd, self._local = tempfile.mkstemp(prefix="tessera-ctrl-", dir="/tmp")
-        os.close(fd)
-        os.unlink(self._local)
+        # a fresh random name; bind() creates it and refuses one that exists (no tempfile: it
+        # imports shutil, bz2, lzma and random, ~0.8 MiB in every agent)
+        self._local = f"/tmp/tessera-ctrl-{os.urandom(8).hex()}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self._local)
         deadline = time.monotonic() + connect_timeout

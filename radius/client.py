@@ -33,7 +33,6 @@ import select
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 from pyrad import packet
@@ -42,14 +41,14 @@ from pyrad.dictionary import Dictionary
 from ..errors import RegistryUnavailableError, ServerClockError
 from .attrs import join_message, split_message
 
-HERE = Path(__file__).resolve().parent
+HERE = os.path.dirname(os.path.realpath(__file__))  # os.path, not pathlib: ~0.9 MiB less in every agent
 CANNOT_SERVE = frozenset((RegistryUnavailableError.code, ServerClockError.code))  # ask the next server
-DICTIONARY_FILES = (HERE / "dictionary.rfc", HERE / "dictionary.tessera")
+DICTIONARY_FILES = (os.path.join(HERE, "dictionary.rfc"), os.path.join(HERE, "dictionary.tessera"))
 
 
 def load_dictionary() -> Dictionary:
     """pyrad's view of the attributes Tessera uses."""
-    return Dictionary(*(str(p) for p in DICTIONARY_FILES))
+    return Dictionary(*DICTIONARY_FILES)
 
 
 @dataclass(frozen=True)
