@@ -23,11 +23,12 @@ import common
 with common.instrumented():
     from tessera import message as m
     from tessera.agent import l2
-    from tessera.node import Deliver, FrameReceived, Log, RadiusRequest, SaveState, SendFrame, StartAdmission
+    from tessera.node import (Deliver, FrameReceived, Log, Milestone, RadiusRequest, SaveState, SendFrame,
+                              StartAdmission)
     import world
 
 MAC_A, MAC_B, MAC_X = world.MAC_A, world.MAC_B, world.MAC_X
-ACTIONS = (StartAdmission, RadiusRequest, SendFrame, Deliver, SaveState, Log)
+ACTIONS = (StartAdmission, RadiusRequest, SendFrame, Deliver, SaveState, Log, Milestone)
 T = world.Stages.T
 
 

@@ -27,6 +27,9 @@ import time
 from tessera.lab.netns import Lab
 from tessera.lab.topology import POSTGRESQL, SQLITE, RealmLab
 
+# device i (and the stranger, n+1) sits at 192.0.2.(100+i) and 203.0.113.(100+i): up to .254. Memory is
+# no limit here (~40 MiB per agent and ~3 MiB of hostapd per port)
+MAX_DEVICES = 150
 LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) tessera\.agent (\S+?):? (.*)$")
 
 
@@ -99,24 +102,27 @@ def _demo(rl: RealmLab, n: int, timeout: float, pcap: str, t_build: float) -> in
         order = "" if rl.postgres is None else f"; its bundle lists {', '.join(s.server_id for s in rl.bundle_servers(i))}"
         print(f"  enrolled {d.device_id} (generated key pair, bootstrap bundle) on port {d.dev.port}, {d.dev.mac}{order}")
     print(f"  {stranger.device_id} on port {stranger.dev.port} is NOT enrolled (certificate from an unknown maker)")
+    events = rl.events()
+    rl.set_carriers(rl.devices, False)
     for d in rl.devices:
-        rl.set_carrier(d, False)
-        rl.start_agent(d)
+        rl.start_agent(d, events=events)
     print(f"  built in {time.monotonic() - t_build:.1f} s; agents waiting for carrier\n", flush=True)
 
-    print("Links up (all at once):", flush=True)
-    t0_wall, t0 = time.time(), time.monotonic()
-    for d in rl.devices:
-        rl.set_carrier(d, True)
+    print("Links up (all at once: one netlink batch):", flush=True)
+    t0_wall = time.time()
+    t0 = rl.set_carriers(rl.devices, True)
     follow = LogFollower([d.agent.log_path for d in rl.devices], t0_wall)
-    ids = [d.device_id for d in devices]
-    peered_at: dict[str, float] = {}
+    ids = {d.device_id for d in devices}
+    peers: dict[str, set[str]] = {i: set() for i in ids}
+    peered_at: dict[str, float] = {}  # from the agents' events (their monotonic stamps), not by polling them
     while time.monotonic() - t0 < timeout and len(peered_at) < n:
+        for ev in events.read(0.1):
+            dev, peer = ev["device"], ev.get("peer")
+            if ev["event"] == "peered" and dev in ids and peer in ids:
+                peers[dev].add(peer)
+                if len(peers[dev]) == n - 1:
+                    peered_at.setdefault(dev, ev["t"] - t0)
         follow.poll()
-        for d in devices:
-            if d.device_id not in peered_at and rl.peered(d, [i for i in ids if i != d.device_id]):
-                peered_at[d.device_id] = time.monotonic() - t0
-        time.sleep(0.05)
     time.sleep(0.3)
     follow.poll()
     if len(peered_at) < n:
@@ -124,13 +130,15 @@ def _demo(rl: RealmLab, n: int, timeout: float, pcap: str, t_build: float) -> in
 
     print("\nEncrypted traffic between every pair:", flush=True)
     for a in devices:
+        events.read(0)
         for b in devices:
             if a is not b:
                 rl.send(a, b.device_id, f"hello {b.device_id}, this is {a.device_id}")
     want = n * (n - 1)
     got: dict[str, list[dict]] = {d.device_id: [] for d in devices}
-    deadline = time.monotonic() + 10  # wait for the deliveries themselves, not a fixed time
+    deadline = time.monotonic() + max(10.0, want / 500)  # wait for the deliveries themselves, not a fixed time
     while True:
+        events.read(0)  # keep the agents' event FIFO drained (their "record" lines)
         for b in devices:
             got[b.device_id] += rl.inbox(b)
         if sum(map(len, got.values())) >= want or time.monotonic() > deadline:
@@ -190,8 +198,9 @@ def _demo(rl: RealmLab, n: int, timeout: float, pcap: str, t_build: float) -> in
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-n", "--devices", type=int, default=3, help="enrolled devices (default 3, up to 60)")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("-n", "--devices", type=int, default=3, help=f"enrolled devices (default 3, up to {MAX_DEVICES})")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds from link-up for every device to peer (default 30, 0.3 s more per device over 100)")
     p.add_argument("--pcap", default="tessera-lab.pcap")
     p.add_argument("--keep", action="store_true", help="keep the lab's logs and configuration")
     p.add_argument("--servers", type=int, default=1, help="RADIUS servers, each in its own namespace (1-5; "
@@ -203,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("the lab needs root (network namespaces)", file=sys.stderr)
         return 2
-    if not 2 <= a.devices <= 60:
-        print("--devices must be between 2 and 60", file=sys.stderr)
+    if not 2 <= a.devices <= MAX_DEVICES:
+        print(f"--devices must be between 2 and {MAX_DEVICES}", file=sys.stderr)
         return 2
     if not 1 <= a.servers <= 5:
         print("--servers must be between 1 and 5", file=sys.stderr)
@@ -215,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
               "use --registry postgresql (a SQLite file belongs to one host)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
-    return run(a.devices, a.timeout, a.pcap, a.keep, a.servers, registry)
+    timeout = a.timeout if a.timeout is not None else 30.0 + 0.3 * max(0, a.devices - 100)
+    return run(a.devices, timeout, a.pcap, a.keep, a.servers, registry)
 
 
 if __name__ == "__main__":

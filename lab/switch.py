@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from tessera.lab.netns import Lab, LabError, Proc, mac_for
+from tessera.lab.netns import Lab, LabError, Proc, mac_for, set_links
 from tessera.lab.portctl import PortController
 
 MGMT_NET = "203.0.113.0/24"
@@ -222,6 +222,11 @@ class Switch:
         The device's eth0 stays admin up and only loses carrier, as with a real cable.
         """
         self.lab.set_link(self.ns, port, up)
+
+    def set_carriers(self, ports: list[str], up: bool) -> float:
+        """`set_carrier` for many ports truly at once: one netlink batch (`set_links`).
+        Returns the time.monotonic() of the batch."""
+        return set_links(self.ns, ports, up)
 
     def close(self) -> None:
         """Stop the controller thread (processes and namespaces go with the Lab)."""

@@ -8,6 +8,9 @@ registry and KEK made with `Realm.init`, devices enrolled with generated key pai
 bootstrap bundles, the RADIUS server's EAP certificate issued by the realm's CA (which devices
 trust through their bundle), and one `tessera-agent run` per device namespace. Nothing is
 scripted per device after start: the agents see carrier, admit, register, get TGTs and peer.
+`RealmLab.set_carriers` plugs (or pulls) many cables truly at once, in one netlink batch, and
+`RealmLab.events` gives a FIFO on which agents started with it report each milestone as it
+happens (`AgentEvents`), so that a bench or the demo follows them without polling.
 
     netns radius  eth0 203.0.113.2 ── uplink ┐
     netns sw      br0 203.0.113.1 (bridge) ─ p1 … pN (hostapd each, nftables port control)
@@ -50,8 +53,13 @@ namespace) are what fault injection needs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
+import queue
 import secrets
+import select
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -136,6 +144,64 @@ class LabPostgres:
 
     def start(self) -> None:
         self.cluster.start()
+
+
+class AgentEvents:
+    """The read end of one FIFO that every agent started with it writes its event stream to
+    (`tessera.agent.daemon.EventStream`: one JSON object a line, whole lines however many write).
+    A thread drains the FIFO as lines come (agents drop lines that do not fit in the pipe, so a
+    consumer busy printing must not leave them there); `read(timeout)` returns what has come,
+    parsed, waiting up to `timeout` for the first. Nothing polls. The lab holds a write end too,
+    so that the FIFO never reads as ended between agents."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        os.mkfifo(path, 0o600)
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        self._keep = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.fd, 1031, 1 << 20)  # F_SETPIPE_SZ: the most an unprivileged pipe gets
+        self._lines: queue.Queue = queue.Queue()
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._drain, name="agent-events", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        tail = b""
+        while True:
+            ready = select.select([self.fd, self._stop_r], [], [])[0]
+            if self._stop_r in ready:
+                return
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            *lines, tail = (tail + chunk).split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self._lines.put(json.loads(line))
+
+    def read(self, timeout: float | None) -> list[dict]:
+        """Events that have come, waiting up to `timeout` s (None: for ever) for the first."""
+        try:
+            out = [self._lines.get(timeout=timeout) if timeout is None or timeout > 0 else self._lines.get_nowait()]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                out.append(self._lines.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            os.write(self._stop_w, b"x")
+            self._thread.join(5)
+        for fd in (self.fd, self._keep, self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
 
 
 @dataclass
@@ -329,11 +395,25 @@ class RealmLab:
     def set_carrier(self, d: LabDevice, up: bool) -> None:
         self.switch.set_carrier(d.dev.port, up)
 
-    def start_agent(self, d: LabDevice, announce_every: float = 0.5, revocation_poll: float = 5.0) -> Proc:
+    def set_carriers(self, devices: list[LabDevice], up: bool) -> float:
+        """Every device's cable in or out at once (one netlink batch in the switch); returns the
+        batch's time.monotonic(), the zero of the agents' event stamps."""
+        return self.switch.set_carriers([d.dev.port for d in devices], up)
+
+    def events(self) -> AgentEvents:
+        """A FIFO in the lab's directory for the agents' event streams (`start_agent(events=)`)."""
+        ev = AgentEvents(self.dir / "events.fifo")
+        self.lab.defer(ev.close)
+        return ev
+
+    def start_agent(self, d: LabDevice, announce_every: float = 0.5, revocation_poll: float = 5.0,
+                    events: AgentEvents | None = None) -> Proc:
+        """Start d's tessera-agent; with `events`, it writes its milestones to that FIFO."""
         d.agent = self.lab.spawn(f"agent-d{d.dev.index}", d.dev.ns,
                                  [str(AGENT), "run", "-i", "eth0", "--bundle", str(d.dir / "bundle.json"),
                                   "--state-dir", d.state_dir, "--announce-every", str(announce_every),
-                                  "--revocation-poll", str(revocation_poll)])
+                                  "--revocation-poll", str(revocation_poll),
+                                  *(["--events", str(events.path)] if events is not None else [])])
         deadline = time.monotonic() + 15
         while not os.path.exists(os.path.join(d.state_dir, "agent.sock")):
             if not d.agent.alive() or time.monotonic() > deadline:

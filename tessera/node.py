@@ -188,7 +188,17 @@ class Log:
     text: str
 
 
-Action = StartAdmission | RadiusRequest | SendFrame | Deliver | SaveState | Log
+@dataclass(frozen=True)
+class Milestone:
+    """A step on the way from link-up to peered, for a timeline (the agent's event stream):
+    "link-up", "authorized" (EAP success), "registered", "ticketed", "peered" (a session with
+    `peer` established, not a rekey) and "record" (the first record opened in a session with
+    `peer`). No key, ticket or session id."""
+    kind: str
+    peer: str | None = None
+
+
+Action = StartAdmission | RadiusRequest | SendFrame | Deliver | SaveState | Log | Milestone
 
 
 class Port(enum.Enum):
@@ -210,11 +220,14 @@ class Timers:
     resend_every: float = 1.0  # a hello or PeerFinished unanswered this long is sent again
     retry_min: float = 1.0
     retry_max: float = 30.0
+    settle: float = 5.0  # a switch may forward a moment after its EAP-Success (it opens the port on its own
+    settle_retry: float = 0.05  # event): an unanswered request this soon after is retried in ~this, doubling
     rekey_before: float = 60.0  # start a new handshake this long (at most a quarter of its life) before a key ends
     old_session_grace: float = 5.0  # keep the previous key for frames in flight after a rekey (plus a handshake's time)
     revocation_poll: float = 30.0  # ask the realm which devices it revoked this often (docs: README, Security)
     max_neighbours: int = 1024  # announced neighbours remembered (least recently heard forgotten first)
     scan_every: float = 0.5  # how often a timer tick looks through the neighbours for handshakes to start
+    sweep_every: float = 0.05  # how often the handshakes, sessions and retiring keys are checked for what is due
     max_handshakes: int = 64  # first handshakes we start at once (rekeys of sessions are not counted)
     max_responding: int = 64  # hellos answered at once: each is a RADIUS request and an agent thread
     hello_rate: float = 0.5  # new hellos per second per source MAC and per initiator ...
@@ -326,6 +339,9 @@ class Node:
         self.admission_asked = False  # the switch asked for our identity
         self.admission_answered = False  # the server proposed a method
         self.backoff = timers.retry_min
+        self.authorized_at = -math.inf  # when the port was last authorized
+        self.last_sweep = -math.inf  # when _tick last went through the handshakes and sessions
+        self.settle_backoff = timers.settle_retry
         self.last_t = -math.inf  # this node's time at the last call (see _rebase)
         self.stats = {"frames_dropped": 0, "handshakes_failed": 0, "handshakes_deferred": 0, "hellos_limited": 0}
 
@@ -388,6 +404,7 @@ class Node:
         self.method = None
         self.epoch = int.from_bytes(self.random(8), "big")
         out.append(Log("link-up", "carrier up: starting 802.1X"))
+        out.append(Milestone("link-up"))
         self._admission(out, t)
 
     def _link_down(self, out: list[Action], why: str) -> None:
@@ -410,7 +427,9 @@ class Node:
         self.backoff = self.timers.retry_min
         self.retry_at = 0.0
         self.next_announce = 0.0
+        self.authorized_at, self.settle_backoff = t, self.timers.settle_retry
         out.append(Log("admitted", f"port authorized by EAP-{ev.method.upper()}"))
+        out.append(Milestone("authorized"))
 
     def _rejected(self, ev: PortRejected, t: float, out: list[Action]) -> None:
         if ev.method == "pwd":
@@ -469,7 +488,7 @@ class Node:
             self._failed(kind, ctx, exc, t, out, retry_now=adopted and not again)
         except TesseraError as exc:
             self.skew_retried = False
-            self._failed(kind, ctx, exc, t, out)
+            self._failed(kind, ctx, exc, t, out, unanswered=isinstance(ev, RadiusFailed) and not ev.reply)
 
     def _adopt_time(self, exc: ClockSkewError, t: float, out: list[Action]) -> bool:
         """Move the clock to a clock-skew's server time if the realm signed it (the device core
@@ -494,11 +513,13 @@ class Node:
             reg = self.client.register_reply(reply, t)
             if out is not None:
                 out.append(Log("registered", f"DRT generation {reg.generation}, valid until {reg.not_after:.0f}"))
+                out.append(Milestone("registered"))
                 out.append(SaveState())
         elif kind == "ticket":
             cred = self.client.ticket_reply(reply, t)
             if out is not None:
                 out.append(Log("ticketed", f"TGT valid until {cred.not_after:.0f}"))
+                out.append(Milestone("ticketed"))
                 out.append(SaveState())
                 self.next_announce = self.next_scan = 0.0  # announce, and start with the neighbours heard meanwhile
         elif kind == "session":
@@ -545,6 +566,8 @@ class Node:
         self.next_revocation_poll += step
         self.retry_at += step
         self.admission_started += step
+        self.authorized_at += step
+        self.last_sweep += step
         for hs in self.initiating.values():
             hs.started += step
             hs.resend_at += step
@@ -569,24 +592,36 @@ class Node:
             for mac, (epoch, when) in n.macs.items():
                 n.macs.put(mac, (epoch, when + step))
 
-    def _failed(self, kind: str, ctx, exc: TesseraError, t: float, out: list[Action], retry_now: bool = False) -> None:
+    def _failed(self, kind: str, ctx, exc: TesseraError, t: float, out: list[Action], retry_now: bool = False,
+                unanswered: bool = False) -> None:
+        """`unanswered`: no reply from the realm at all (the path, not a refusal)."""
         if kind in ("register", "ticket"):
             self.client.abandon()
-            self.retry_at = t if retry_now else t + self.backoff
-            if not retry_now:
-                self.backoff = min(self.backoff * 2, self.timers.retry_max)
+            if unanswered and t - self.authorized_at < self.timers.settle:
+                # the switch has not opened the port yet (it acts on its own event after the
+                # EAP-Success: an ARP lost, "no route to host"): again soon, jittered so that a
+                # switch's worth of devices admitted together do not retry in step
+                self.retry_at = t + self.settle_backoff * (0.5 + self.random(1)[0] / 255)
+                self.settle_backoff = min(self.settle_backoff * 2, self.timers.retry_min)
+            else:
+                self.retry_at = t if retry_now else t + self.backoff
+                if not retry_now:
+                    self.backoff = min(self.backoff * 2, self.timers.retry_max)
             if exc.signed and isinstance(exc, (UnknownDeviceError, RevokedError, SupersededError, NotRegisteredError)):
                 # the realm (its signature, over this request) will not talk to us, or our DRT is
                 # dead: only a new registration helps. Unsigned, the device core made it a
                 # transient BadProofError already; `signed` is checked here too, as the rule
                 self.client.registration = self.client.credentials = None
                 self.client.state = State.ENROLLED
-            out.append(Log(f"{kind}-failed", f"{exc}; retry in {self.retry_at - t:.0f} s"))
+            out.append(Log(f"{kind}-failed", f"{exc}; retry in {self.retry_at - t:.2g} s"))
         elif kind == "session":
             # no error frame back: its address is the hello's, which the realm just refused, and
             # the initiator changes nothing on an unauthenticated frame anyway (it times out)
             self.responding.pop(ctx, None)
-            self.refused.put(ctx, None)  # a repeat of that hello asks the realm nothing more
+            if not unanswered:  # the realm said no: a repeat of that hello asks it nothing more
+                self.refused.put(ctx, None)
+            # unanswered (the path to the realm was busy or down; it said nothing): the
+            # initiator's resend of the hello asks again, within the same hello rates
             self.stats["handshakes_failed"] += 1
             out.append(Log("session-failed", f"with {ctx[0]}: {exc}"))
         elif kind == "revocations":
@@ -866,6 +901,8 @@ class Node:
         verb = "rekeyed" if old else "established"
         out.append(Log("session", f"{verb} with {peer}: session {s.channel.session_id.hex()} until "
                        f"{s.channel.not_after:.0f}, key confirmed both ways"))
+        if old is None:
+            out.append(Milestone("peered", peer))
 
     def _data(self, src: str, frame: bytes, t: float, out: list[Action]) -> None:
         try:
@@ -877,8 +914,8 @@ class Node:
                 # flood of records from forged MACs must not become a flood of announces)
                 out.append(SendFrame(src, self._announce()))
             return
-        if peer in self.revoked:
-            self.stats["frames_dropped"] += 1
+        if peer in self.revoked or s.channel.expired(t):
+            self.stats["frames_dropped"] += 1  # expiry per frame: the sweep below runs every sweep_every
             return
         try:
             data = s.channel.open(frame)
@@ -902,6 +939,8 @@ class Node:
                 if p == peer and older is not s:
                     self.retiring[sid] = min(self.retiring.get(sid, math.inf), t + self.timers.old_session_grace)
         s.frames_in += 1
+        if s.frames_in == 1:
+            out.append(Milestone("record", peer))
         out.append(Deliver(peer, data))
 
     def _announce(self) -> bytes:
@@ -989,6 +1028,10 @@ class Node:
                     break
                 if peer not in self.sessions and peer not in self.initiating and self.device_id < peer:
                     room -= self._initiate(peer, t, out)
+        if self.last_sweep <= t < self.last_sweep + self.timers.sweep_every:
+            return  # swept just now: a frame's cost does not grow with the sessions held (100 peers'
+            # announces each walking 99 sessions took most of the agents' CPU at 100 devices)
+        self.last_sweep = t
         for peer, hs in list(self.initiating.items()):
             if t - hs.started > self.timers.handshake_timeout:
                 self._abandon(peer, t)
