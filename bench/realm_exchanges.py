@@ -27,10 +27,12 @@ Registrations are measured with fresh devices each round (a registration is a wr
 
 Every request must be accepted: a rejected or lost request makes the script exit 1 (a
 misconfigured run must not print plausible microseconds). The machine's 1-minute load average
-is printed with each run (other work shares the cores). Anchors (a Kerberos KDC, FreeRADIUS
-PAP) measured in the same sitting are the benchmark suite's job, not this script's.
+is printed with each run (other work shares the cores). ``--json PATH`` appends one row per
+run (bench/measure.py: suite "tessera", the exchange names above, radiusd CPU, p50/p99, the
+load generator's CPU; PostgreSQL's own CPU in ``extra``). Anchors (a Kerberos KDC, FreeRADIUS
+PAP) measured in the same sitting are the benchmark suite's job (bench/run), not this script's.
 
-    .venv/bin/python bench/realm_exchanges.py [--registry sqlite|postgresql|both] [--count 20000] [--rounds 3]
+    .venv/bin/python bench/realm_exchanges.py [--registry sqlite|postgresql|both] [--count 20000] [--rounds 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from radius_load import Result, prebuild, run_load, session_requests, tree_cpu_seconds  # noqa: E402
+from measure import Row, append_rows, load1  # noqa: E402
+from radius_load import Result, freeradius_version, prebuild, run_load, session_requests, tree_cpu_seconds  # noqa: E402
 
 from tessera.device import DeviceClient  # noqa: E402
 from tessera.identity import DeviceKey, ServerEntry  # noqa: E402
@@ -85,6 +88,7 @@ class Backend:
     postmaster: int | None
     ready_at: float = 0.0  # monotonic time its previous load has cleared
     results: dict[str, list[Result]] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -178,6 +182,14 @@ def run(b: Backend, exchange: str, a, failures: list[str]) -> Result:
     res = run_load(b.server, built, pid=b.rs.pid, window=a.window, extra_cpu=extra)
     b.ready_at = time.monotonic() + CLEANUP
     b.results.setdefault(exchange, []).append(res)
+    b.rows.append(Row(
+        suite="tessera", system=f"Tessera on FreeRADIUS {a.freeradius} (rlm_python3), {b.label}", exchange=exchange,
+        count=res.answered, failed=res.rejected + res.lost, seconds=res.seconds,
+        per_second=res.answered / res.seconds if res.seconds else 0.0,
+        server_cpu_us=res.per_exchange_us(res.server_cpu), client_cpu_us=res.per_exchange_us(res.client_cpu),
+        p50_ms=res.p50_ms, p99_ms=res.p99_ms, load1=load1(),
+        extra={"round": len(b.results[exchange]), "registry": b.kind,
+               **({"postgresql_cpu_us": res.per_exchange_us(res.extra_cpu)} if res.extra_cpu is not None else {})}))
     if res.rejected or res.lost:
         failures.append(f"{b.label} {exchange}: {res.rejected} rejected, {res.lost} lost")
     n = max(res.answered, 1)
@@ -229,7 +241,9 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=128)
     p.add_argument("--registrations", type=int, default=2000, help="fresh devices registered per round")
     p.add_argument("--threads", type=int, default=0, help="radiusd worker threads (0: Debian's default pool)")
+    p.add_argument("--json", help="append one row per run (bench/measure.py) to this JSON-lines file")
     a = p.parse_args(argv)
+    a.freeradius = freeradius_version()
     kinds = ("sqlite", "postgresql") if a.registry == "both" else (a.registry,)
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as d, contextlib.ExitStack() as stack:
@@ -261,6 +275,7 @@ def main(argv=None) -> int:
                 each(exchange, order)
         if len(backends) == 2:
             summary(*backends)
+        append_rows(a.json, [row for b in backends for row in b.rows])
     if failures:
         print("FAILED: " + "; ".join(failures), file=sys.stderr)
         return 1

@@ -26,6 +26,8 @@ private server must not depend on. The tree holds:
 
 From the system it takes only what the Debian packages own and no operator edits: the module
 libraries in ``/usr/lib/freeradius`` and the dictionaries in ``/usr/share/freeradius``.
+``build_floor_config`` writes another tree the same way, for the benchmark floors: the same
+server core, PAP from ``files`` with no Python, and PAP behind a Python module returning at once.
 ``check_config`` runs ``freeradius -XC -d DIR``.
 
 ``RadiusServer`` starts ``freeradius -f -d DIR`` (``-X`` for debugging), optionally behind a
@@ -368,6 +370,87 @@ def build_config(directory: Path, cfg: RadiusConfig) -> Path:
     if cfg.radsec_port is not None:
         _add_radsec(raddb, cfg)
     return raddb
+
+
+# The floors of bench/freeradius_floor.py: the same server core (RADIUSD_CONF) and listener
+# settings as Tessera's device site, PAP from ``files`` with nothing else, and the same again
+# behind a Python module that returns at once. @...@ are filled in by build_floor_config.
+FLOOR_SITE = """\
+server @NAME@ {
+listen {
+	type = auth
+	ipaddr = @ADDRESS@
+	port = @PORT@
+	clients = floor-clients
+	recv_buff = 4194304
+	limit {
+		max_pps = 0
+	}
+}
+authorize {
+@PYTHON@	files
+	pap
+}
+authenticate {
+	Auth-Type PAP {
+		pap
+	}
+}
+post-auth {
+	update reply {
+		&Message-Authenticator := 0x00
+	}
+}
+}
+"""
+FLOOR_MODULES = """\
+files {
+	filename = ${confdir}/users
+}
+pap {
+	normalise = yes
+}
+# rlm_python3's own cost: one call with the request's pairs, returning at once
+python3 floor_python {
+	python_path = "@DIR@"
+	module = floor_rlm
+	pass_all_vps = no
+	pass_all_vps_dict = no
+	mod_authorize = ${.module}
+	func_authorize = authorize
+}
+"""
+FLOOR_PYTHON = "def authorize(p):\n    return 2  # RLM_MODULE_OK, at once\n"
+
+
+def build_floor_config(directory: Path, users: dict[str, str], address: str = "127.0.0.1",
+                       secret: str = "tessera-floor-secret") -> tuple[Path, int, int]:
+    """A private config directory with two sites on one radiusd (same ``RADIUSD_CONF``): PAP
+    from a ``users`` file of Cleartext-Passwords (``authorize { files; pap }``, no Python) on
+    one UDP port, and the same behind the ``floor_python`` rlm_python3 module returning at once
+    on another. Returns (raddb, PAP port, Python port)."""
+    raddb = Path(directory)
+    for sub in ("mods-enabled", "sites-enabled", "log/radacct", "run"):
+        (raddb / sub).mkdir(parents=True, exist_ok=True)
+    pap_port = free_udp_port(address)
+    python_port = pap_port
+    while python_port == pap_port:
+        python_port = free_udp_port(address)
+    for name, port, python in (("floor-pap", pap_port, ""), ("floor-python", python_port, "\tfloor_python\n")):
+        (raddb / "sites-enabled" / name).write_text(FLOOR_SITE.replace("@NAME@", name).replace(
+            "@ADDRESS@", address).replace("@PORT@", str(port)).replace("@PYTHON@", python))
+    (raddb / "mods-enabled" / "floor").write_text(FLOOR_MODULES.replace("@DIR@", str(raddb.resolve())))
+    (raddb / "floor_rlm.py").write_text(FLOOR_PYTHON)
+    for name, password in users.items():
+        if any(c.isspace() or c in '"\\' for c in name + password):
+            raise RadiusdError(f"floor user {name!r}: blanks, quotes or backslashes")
+    (raddb / "users").write_text("".join(f'{n}\tCleartext-Password := "{pw}"\n' for n, pw in users.items()))
+    (raddb / "dictionary").write_text(f"$INCLUDE {SYSTEM_DICTIONARY}\n")
+    (raddb / "clients.conf").write_text(clients_section("floor-clients", [Client("bench", address, secret)]))
+    (raddb / "radiusd.conf").write_text(
+        RADIUSD_CONF.replace("@DIR@", str(raddb.resolve())).replace("@SECURITY@", "\t# runs as the user that starts it")
+        .replace("@REJECT_DELAY@", "0"))
+    return raddb, pap_port, python_port
 
 
 def check_config(raddb: Path, run_prefix: tuple[str, ...] = ()) -> None:
