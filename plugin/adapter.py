@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable
 from tessera import eappwd
 from tessera.errors import InternalError, RevokedError
 from tessera.registry import RegistryError
-from tessera.radius.attrs import BadHexError, join_from_hex, split_to_hex
+from tessera.radius.attrs import BadHexError, join_from_hex, reply_items, split_to_hex
 from tessera.registry_url import display_url
 from tessera.vetting import CertificateVetting
 
@@ -117,8 +117,7 @@ class Plugin:
         self.clock = clock
         self.internal_code = InternalError.code
         self._checked = float("-inf")
-        self._steps = {
-            None: self._operation,
+        self._steps = {  # by Tessera-Step; none is a Tessera operation (_operation)
             "admit-certificate": self._admit_certificate,
             "eap-pwd-password": self._eap_pwd_password,
         }
@@ -170,9 +169,17 @@ class Plugin:
     def authorize(self, pairs: Iterable[tuple[str, str]]):
         """rlm_python3 ``authorize``: never raises."""
         try:
-            pairs = tuple(pairs)
-            self._refresh(self.clock())  # every step reads the key ring (EAP-PWD's passwords too)
-            step = next((v for k, v in pairs if k == STEP_ATTRIBUTE), None)
+            if type(pairs) is not tuple:
+                pairs = tuple(pairs)
+            now = self.clock()
+            self._refresh(now)  # every step reads the key ring (EAP-PWD's passwords too)
+            step = None
+            for k, v in pairs:
+                if k == STEP_ATTRIBUTE:
+                    step = v
+                    break
+            if step is None:  # a Tessera operation, the hot path
+                return self._operation(pairs, now)
             handler = self._steps.get(step)
             if handler is None:
                 self.log(self.rlm.L_ERR, f"unknown {STEP_ATTRIBUTE} {_clean(step)!r}")
@@ -254,25 +261,32 @@ class Plugin:
         if self.realm is not None and self.realm.reload_if_changed():
             self.log(self.rlm.L_INFO, "service keys reloaded")
 
-    def _operation(self, pairs):
-        # RadSec: the identity of the TLS connection's certificate, set by the site (a client
+    def _operation(self, pairs, now: float):
+        # one pass over the pairs: the message's instances in order, the first User-Name and, over
+        # RadSec, the identity of the TLS connection's certificate, set by the site (a client
         # cannot send this server-internal attribute); the message must be that device's
-        identity = next((v for k, v in pairs if k == TLS_IDENTITY), None)
-        device = identity if identity is not None else next((v for k, v in pairs if k == "User-Name"), "")
+        identity = user = None
+        hexes = []
+        for k, v in pairs:
+            if k == MESSAGE:
+                hexes.append(v)
+            elif k == "User-Name" and user is None:
+                user = v
+            elif k == TLS_IDENTITY and identity is None:
+                identity = v
+        device = identity if identity is not None else (user or "")
         try:
-            message = join_from_hex(v for k, v in pairs if k == MESSAGE)
+            message = join_from_hex(hexes)
         except BadHexError as exc:  # FreeRADIUS always formats octets as 0x…: a bug, not input
             self.log(self.rlm.L_ERR, f"internal error: {exc}")
             return internal_error_result(self.rlm, self.internal_code)
-        now = self.clock()
         try:
             reply = self._handle(message, identity, pairs, now)
         except Exception as exc:
             if not _is_realm_error(exc):
                 raise
             return self._reject("operation", device, exc, self._error_reply(exc, now))
-        items = tuple((REPLY, "+=", h) for h in split_to_hex(reply))
-        return (self.rlm.RLM_MODULE_OK, {"reply": items})
+        return (self.rlm.RLM_MODULE_OK, {"reply": reply_items(REPLY, reply)})
 
     def _handle(self, message: bytes, identity: str | None, pairs, now: float) -> bytes:
         if identity is None:

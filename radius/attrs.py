@@ -80,6 +80,23 @@ def split_to_hex(message: bytes) -> list[str]:
     return ["0x" + digits[i:i + step] for i in range(0, len(digits), step)] or ["0x"]
 
 
+def reply_items(name: str, message: bytes) -> tuple[tuple[str, str, str], ...]:
+    """``split_to_hex`` as rlm_python3 reply items: ``(name, "+=", "0x…")`` each, in order."""
+    return tuple([(name, "+=", h) for h in split_to_hex(message)])
+
+
 def join_from_hex(values: Iterable[str]) -> bytes:
-    """``from_hex`` on each value followed by ``join_message`` (the plugin's request side)."""
-    return join_message(from_hex(v) for v in values)
+    """``from_hex`` on each value followed by ``join_message`` (the plugin's request side), done
+    as one hex conversion: each value is checked for its prefix and an even number of digits
+    first, so that no two values' digits can pair up across their boundary."""
+    digits = []
+    for v in values:
+        if not isinstance(v, str) or v[:2] not in ("0x", "0X"):
+            raise BadHexError("octets value without 0x prefix")
+        if len(v) & 1:
+            raise BadHexError("octets value is not valid hex")
+        digits.append(v[2:])
+    try:
+        return binascii.unhexlify("".join(digits))
+    except ValueError:  # binascii.Error (not a hex digit), or a non-ASCII character
+        raise BadHexError("octets value is not valid hex") from None

@@ -86,8 +86,12 @@ def tgt_device_aad(realm: str, device_id: str, nonce: bytes, tgt: bytes) -> byte
 
 
 def session_part_aad(realm: str, initiator: str, responder: str, initiator_nonce: bytes, role: bytes) -> bytes:
-    return (Writer().push_bytes(b"session part\x00" + role).push_str(realm).push_str(initiator)
-            .push_str(responder).push_bytes(initiator_nonce).getvalue())
+    return b"session part\x00" + role + _session_part_tail(realm, initiator, responder, initiator_nonce)
+
+
+def _session_part_tail(realm: str, initiator: str, responder: str, initiator_nonce: bytes) -> bytes:
+    """What follows the label and role byte in ``session_part_aad``: the same for both parts."""
+    return Writer().push_str(realm).push_str(initiator).push_str(responder).push_bytes(initiator_nonce).getvalue()
 
 
 def session_part_body(key: bytes, not_after: int, initiator: str, responder: str, ni: bytes, nr: bytes) -> bytes:
@@ -294,10 +298,9 @@ class Service:
         not_after = min(tgt_a.not_after, tgt_b.not_after, now + self.policy.session_lifetime)
         key = self.random(32)
         body = session_part_body(key, not_after, hello.initiator, req.device_id, hello.nonce, req.nonce)
-        part_r = Sealer(part_b).seal(
-            self.random(12), body, session_part_aad(self.realm, hello.initiator, req.device_id, hello.nonce, b"R"))
-        part_i = Sealer(part_a).seal(
-            self.random(12), body, session_part_aad(self.realm, hello.initiator, req.device_id, hello.nonce, b"I"))
+        tail = _session_part_tail(self.realm, hello.initiator, req.device_id, hello.nonce)  # AADs differ in the role
+        part_r = Sealer(part_b).seal(self.random(12), body, b"session part\x00R" + tail)
+        part_i = Sealer(part_a).seal(self.random(12), body, b"session part\x00I" + tail)
         reply = m.SessionReply(self.realm, hello.initiator, req.device_id, hello.nonce, req.nonce, not_after,
                                part_r, part_i)
         return Outcome("session", req.device_id, reply.encode(), f"with {hello.initiator} until {not_after}")

@@ -58,3 +58,23 @@ def test_attrs_split_to_hex_cuts_at_247_bytes():
     assert attrs.split_to_hex(b"") == ["0x"]
     with pytest.raises(attrs.MessageTooLongError):
         attrs.split_to_hex(b"a" * (attrs.MAX_MESSAGE + 1))
+
+
+@pytest.mark.parametrize("values", [["0x1", "0x23"], ["0x012", "0x3"], ["0x01", "23"], ["0x01", None], ["0x01", "0xzz"],
+                                    ["0x01", "0x 0"], ["0x01", b"0x02"]])
+def test_attrs_join_from_hex_refuses_any_bad_instance(values):
+    """Joined in one conversion, each instance is still checked alone: two odd halves whose
+    digits would pair up across the boundary ("0x1" and "0x23") are refused."""
+    with pytest.raises(attrs.BadHexError):
+        attrs.join_from_hex(values)
+    assert attrs.join_from_hex(["0x01", "0X23", "0x"]) == b"\x01\x23"  # the same shapes, well formed
+    assert attrs.join_from_hex([]) == b""
+
+
+def test_attrs_reply_items_are_exact_tuples_of_247_byte_pieces():
+    message = bytes(range(256)) * 2
+    items = attrs.reply_items("Tessera-Reply", message)
+    assert type(items) is tuple and all(type(t) is tuple for t in items)
+    assert items == tuple(("Tessera-Reply", "+=", "0x" + piece.hex())
+                          for piece in (message[:247], message[247:494], message[494:]))
+    assert attrs.reply_items("Tessera-Reply", b"") == (("Tessera-Reply", "+=", "0x"),)

@@ -123,3 +123,28 @@ def test_plugin_reply_message_is_one_short_line(plugin):
     rc, update = plugin.authorize(request(b"x"))
     text = update["reply"][0][1]
     assert len(text) <= 240 and "\n" not in text and "\x00" not in text
+
+
+def test_plugin_operation_reads_pairs_in_one_pass_as_before(plugin):
+    """The first User-Name names the device in the log; every Tessera-Message instance is joined in
+    order wherever it stands; a Tessera-Step anywhere picks its step; pairs may be any iterable."""
+    message = bytes(range(256)) * 2
+    hexes = attrs.split_to_hex(message)
+    pairs = [("Tessera-Message", hexes[0]), ("User-Name", "dev1"), ("NAS-IP-Address", "192.0.2.1"),
+             ("Tessera-Message", hexes[1]), ("User-Name", "dev2"), ("Tessera-Message", hexes[2])]
+    rc, update = plugin.authorize(iter(pairs))
+    assert rc == RLM.RLM_MODULE_OK and plugin.service.calls[-1] == ("handle", message, 1000.0)
+    rc, update = plugin.authorize(pairs[:1] + [("User-Name", "dev2")] + pairs[3:4])
+    assert rc == RLM.RLM_MODULE_OK and plugin.service.calls[-1] == ("handle", message[:494], 1000.0)
+    rc, update = plugin.authorize([("Tessera-Message", "0x" + b"revoked".hex()), ("User-Name", "dev1"),
+                                   ("User-Name", "dev2")])
+    assert rc == RLM.RLM_MODULE_REJECT and any("for 'dev1'" in m for _, m in plugin.logs)
+    rc, update = plugin.authorize((("User-Name", "dev1"), ("Tessera-Step", "eap-pwd-password")))
+    assert rc == RLM.RLM_MODULE_OK and "config" in update
+
+
+def test_plugin_operation_refuses_instances_that_only_join_to_hex(plugin):
+    """Two odd-length instances whose digits would pair up are a formatting bug, not a message."""
+    rc, update = plugin.authorize((("User-Name", "dev1"), ("Tessera-Message", "0x6"), ("Tessera-Message", "0xf6b")))
+    assert rc == RLM.RLM_MODULE_REJECT and update["reply"][0] == ("Reply-Message", "internal error")
+    assert plugin.service.calls == []
