@@ -8,8 +8,10 @@ is carried out here:
     StartAdmission  → wpa_supplicant SET_NETWORK (EAP-TLS files or EAP-PWD password) + restart;
                       its events come back as PortAuthorized (EAP-SUCCESS), PortRejected
                       (EAP-FAILURE), IdentityRequested (EAP-STARTED: the switch relays now) and
-                      MethodProposed (EAP-PROPOSED-METHOD: the RADIUS server answered); a silence
-                      between the last two is a dead server, not a refusal (tessera.node)
+                      MethodProposed (EAP-PROPOSED-METHOD: the RADIUS server answered), then
+                      EapProgressed (EAP-METHOD, -PEER-CERT...: it goes on answering); a silence
+                      between EAP-STARTED and the first method request is a dead server, not a
+                      refusal (tessera.node)
     RadiusRequest   → a worker thread runs the RADIUS client (failover across the bundle's
                       servers; `build(server_id)` is called under the node lock) and posts the
                       answer back through the wake-up pipe: over RadSec (the bundle's default,
@@ -64,13 +66,13 @@ from typing import TYPE_CHECKING
 
 from tessera.agent.l2 import PacketTransport
 from tessera.agent.link import CarrierWatcher, LinkDown as NetLinkDown, LinkUp as NetLinkUp
-from tessera.agent.supplicant import (EAP_FAILURE, EAP_PROPOSED_METHOD, EAP_STARTED, EAP_SUCCESS, PwdCredentials,
-                                      Supplicant, TlsCredentials)
+from tessera.agent.supplicant import (EAP_FAILURE, EAP_PROGRESS, EAP_PROPOSED_METHOD, EAP_STARTED, EAP_SUCCESS,
+                                      PwdCredentials, Supplicant, TlsCredentials)
 from tessera.device import DeviceClient
 from tessera.errors import MalformedError, TesseraError
 from tessera.identity import RADSEC, BootstrapBundle, DeviceKey
 from tessera.secretfile import write_secret
-from tessera.node import (Deliver, FrameReceived, IdentityRequested, LinkDown, LinkUp, Log, MethodProposed, Milestone,
+from tessera.node import (Deliver, EapProgressed, FrameReceived, IdentityRequested, LinkDown, LinkUp, Log, MethodProposed, Milestone,
                           Node, PortAuthorized, PortRejected, RadiusAnswer, RadiusFailed, RadiusRequest, SaveState,
                           SendFrame, StartAdmission, Timers)
 from tessera.radius.client import NoServerAnsweredError, RadiusClient, RejectedError, Server, load_dictionary
@@ -283,7 +285,7 @@ class Agent:
         self.watcher = CarrierWatcher([self.ifname])
         self.transport = PacketTransport(self.ifname)
         self.node.mac = self.transport.mac  # bound into our hellos and tickets
-        self.supplicant = Supplicant(self.ifname, self.tls, self.state_dir)
+        self.supplicant = Supplicant(self.ifname, self.tls, self.state_dir, own_starts=False)  # ours: one per try
         self.status = StatusSocket(os.path.join(self.state_dir, "agent.sock"), self.request)
         log.info("%s: agent on %s (%s), realm %s, servers %s over %s", dev, self.ifname, self.transport.mac,
                  self.client.realm, ", ".join(f"{s.server_id}={s.host}:{s.port}" for s in self.servers),
@@ -314,6 +316,8 @@ class Agent:
                             self.feed(IdentityRequested())
                         elif ev.name == EAP_PROPOSED_METHOD:
                             self.feed(MethodProposed(ev.text))  # the RADIUS path answers
+                        elif ev.name in EAP_PROGRESS:
+                            self.feed(EapProgressed())  # ... and goes on answering
                 if self.transport in ready:
                     for _ in range(256):
                         got = self.transport.recv()

@@ -12,8 +12,19 @@ tracks the PID) and talks to it over its control socket with
 
 wpa_supplicant wired ignores carrier: an EAPOL-Start sent while the link was down is lost and
 the next comes 30 s later.  :func:`on_link_action` (pure) says what to do on a carrier event —
-start over on LinkUp — and :meth:`Supplicant.on_link` does it with ``REASSOCIATE``, which
-restarts the EAPOL state machine and sends EAPOL-Start at once.
+start over on LinkUp — and :meth:`Supplicant.on_link` does it with one EAPOL-Start of our own
+(:meth:`Supplicant.restart`): the switch answers with EAP-Request/Identity, which takes
+wpa_supplicant's EAPOL state machine from any state into a new authentication.  Exactly one
+Start per attempt, and none while a conversation is under way: an authenticator takes each
+Start as "begin again", aborting the conversation in progress, and hostapd drops a station
+after reAuthMax (2) such restarts in a row -- right after a later EAP-Success, and without
+telling the device (measured at 50 devices: the agent's Start, wpa_supplicant's own Start from
+a ``REASSOCIATE`` processed later, and a retry gave four in ~4 s).  So the agent sends every
+Start and wpa_supplicant none of its own (``Supplicant(own_starts=False)``, :data:`EAPOL_SETTINGS`:
+``EAPOL::maxStart`` 0; it would otherwise send one 2 s after it starts if no EAP request came by
+then, as a loaded switch's does not).  A Start that is lost is the node's to retry
+(tessera.node: no EAP request within admission_timeout).  Stand-alone (the lab's testbed),
+wpa_supplicant keeps its own Starts.
 
 Events tell a silent RADIUS path from a refusal: ``CTRL-EVENT-EAP-STARTED`` (:data:`EAP_STARTED`)
 comes from the switch's own EAP-Request/Identity (the switch relays to RADIUS from then on),
@@ -45,9 +56,17 @@ EAP_FAILURE = "CTRL-EVENT-EAP-FAILURE"
 # authenticator's own Identity request and says nothing about the RADIUS path)
 EAP_PROPOSED_METHOD = "CTRL-EVENT-EAP-PROPOSED-METHOD"
 EAP_STARTED = "CTRL-EVENT-EAP-STARTED"  # the authenticator's EAP-Request/Identity
+# later steps of the method (wpa_supplicant took another of the server's requests): still moving
+EAP_PROGRESS = frozenset({"CTRL-EVENT-EAP-METHOD", "CTRL-EVENT-EAP-PEER-CERT", "CTRL-EVENT-EAP-PEER-ALT",
+                          "CTRL-EVENT-EAP-STATUS"})
 CONNECTED = "CTRL-EVENT-CONNECTED"
 DISCONNECTED = "CTRL-EVENT-DISCONNECTED"
 OUTCOMES = frozenset({EAP_SUCCESS, EAP_FAILURE})
+# wpa_supplicant's EAPOL state machine (ctrl SET; src/eapol_supp/eapol_supp_sm.c SUPP_PAE): no
+# EAPOL-Start of its own (when startWhen runs out it goes to AUTHENTICATED as on a port without
+# an authenticator -- no EAP success, which is what the agent acts on -- and an EAP request from
+# the switch starts an authentication from there as from any state)
+EAPOL_SETTINGS = {"EAPOL::maxStart": "0"}
 ETH_P_PAE = 0x888E
 PAE_GROUP_ADDR = bytes.fromhex("0180c2000003")
 
@@ -110,9 +129,9 @@ network={{
 
 
 def on_link_action(ev: LinkEvent) -> str | None:
-    """Control command to send on a carrier event: start over at once on LinkUp."""
+    """What to do on a carrier event: an EAPOL-Start (start over at once) on LinkUp."""
     if isinstance(ev, LinkUp):
-        return "REASSOCIATE"
+        return "EAPOL-Start"
     if isinstance(ev, LinkDown):
         return None  # nothing to say on a dead wire; hostapd is told by the switch side
     raise TypeError(ev)
@@ -126,10 +145,10 @@ def eapol_start_frame(src_mac: bytes) -> bytes:
 def send_eapol_start(ifname: str, netns: str | None = None) -> None:
     """Send one EAPOL-Start on ``ifname`` from a raw socket of our own.
 
-    REASSOCIATE alone puts wpa_supplicant's SUPP_PAE in CONNECTING but it sends its
-    EAPOL-Start only when ``startWhen`` runs out on its 1-second tick (measured 1.5-2 s);
-    hostapd answers this Start at once with EAP-Request/Identity, which the supplicant takes
-    from CONNECTING straight into AUTHENTICATING.
+    wpa_supplicant's ``REASSOCIATE`` would send its EAPOL-Start only when ``startWhen`` runs
+    out on its 1-second tick (measured 1.5-2 s); hostapd answers this Start at once with
+    EAP-Request/Identity, which the supplicant takes from any SUPP_PAE state (CONNECTING,
+    AUTHENTICATED, HELD) into AUTHENTICATING.
     """
     def make() -> socket.socket:
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_PAE))
@@ -163,8 +182,10 @@ class Supplicant:
 
     def __init__(self, ifname: str, creds: Credentials, workdir: str,
                  launcher: Launcher | None = None, debug: bool = False,
-                 netns: str | None = None):
-        """``netns``: namespace of ``ifname`` for our own raw EAPOL-Start (lab use only)."""
+                 netns: str | None = None, own_starts: bool = True):
+        """``netns``: namespace of ``ifname`` for our own raw EAPOL-Start (lab use only).
+        ``own_starts=False``: wpa_supplicant sends no EAPOL-Start by itself, the caller sends
+        each (:meth:`restart`; the module docstring)."""
         self.ifname, self.creds, self.workdir, self.netns = ifname, creds, workdir, netns
         self.ctrl_dir = os.path.join(workdir, "wpa")
         self.conf_path = os.path.join(workdir, f"wpa_supplicant-{ifname}.conf")
@@ -188,6 +209,8 @@ class Supplicant:
         self.cmd = CtrlClient(sock)
         self.mon = CtrlClient(sock)
         self.mon.attach()
+        for name, value in (EAPOL_SETTINGS.items() if not own_starts else ()):
+            self.cmd.ok(f"SET {name} {value}")
         self.history: list[CtrlEvent] = []
 
     # -- commands
@@ -196,11 +219,16 @@ class Supplicant:
         return parse_kv(self.cmd.request("STATUS"))
 
     def authorized(self) -> bool:
-        return self.status().get("suppPortStatus") == "Authorized"
+        """The last EAP conversation succeeded (``suppPortStatus`` alone can read Authorized
+        when SUPP_PAE stopped waiting for an authenticator: :data:`EAPOL_SETTINGS`)."""
+        st = self.status()
+        return st.get("suppPortStatus") == "Authorized" and st.get("EAP state") == "SUCCESS"
 
     def restart(self) -> None:
-        """Start authentication over now: REASSOCIATE, then an EAPOL-Start of our own."""
-        self.cmd.ok("REASSOCIATE")
+        """Start authentication over now with one EAPOL-Start of our own (not ``REASSOCIATE``:
+        it resets the EAPOL state machine when its queued work runs, possibly after the
+        switch answered our Start, and wpa_supplicant then sends a Start of its own that
+        aborts the conversation just begun; the module docstring)."""
         send_eapol_start(self.ifname, self.netns)
 
     def logoff(self) -> None:

@@ -217,7 +217,7 @@ def test_supplicant_conf_tls_and_pwd():
 
 
 def test_supplicant_starts_over_on_link_up_only():
-    assert on_link_action(LinkUp("eth0", 0.0)) == "REASSOCIATE"
+    assert on_link_action(LinkUp("eth0", 0.0)) == "EAPOL-Start"
     assert on_link_action(LinkDown("eth0", 0.0)) is None
 
 

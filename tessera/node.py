@@ -4,7 +4,12 @@ timer ticks go in; actions come out (start 802.1X, ask the realm, send a frame, 
     event                         what the node does
     LinkUp                        port ADMITTING: StartAdmission (EAP-TLS with the device
                                   certificate before registration, EAP-PWD with the LLK after)
-    PortAuthorized                port UP: register / authenticate / renew as due, then announce
+    PortAuthorized                port UP: register / authenticate / renew as due, then announce;
+                                  if no request since has been answered by the realm (nor refused:
+                                  a refusal is an answer) and some went unanswered admission_lost
+                                  after the EAP-Success, the switch is taken not to forward for us
+                                  (it dropped the station after its EAP-Success) and 802.1X starts
+                                  over, the window doubling each time until the realm answers
     IdentityRequested             the switch asked for our identity: it relays to RADIUS now; until
                                   a method is proposed the RADIUS path is silent and the node waits
                                   admission_silent_timeout without restarting EAP, so the switch
@@ -12,6 +17,11 @@ timer ticks go in; actions come out (start 802.1X, ask the realm, send a frame, 
     MethodProposed                the server answered (its first EAP method request came through
                                   RADIUS): from then on no EAP-Success within admission_timeout
                                   counts as refused, as does no IdentityRequested within it
+    EapProgressed                 a later step of the method came through (the server's certificate,
+                                  say): the admission_timeout runs again from here, so a slow but
+                                  moving EAP conversation is not aborted (each restart is an
+                                  EAPOL-Start that aborts the switch's conversation and counts
+                                  towards its reAuthMax)
     PortRejected                  EAP-PWD refused → fall back to EAP-TLS; EAP-TLS refused → stay
                                   closed and try again after a back-off
     RadiusAnswer / RadiusFailed   feed the DeviceClient or the peer handshake; a failure backs off
@@ -122,6 +132,12 @@ class MethodProposed:
 
 
 @dataclass(frozen=True)
+class EapProgressed:
+    """A later step of the EAP method reached the supplicant (it received and took another of
+    the server's requests: wpa_supplicant's CTRL-EVENT-EAP-METHOD, -PEER-CERT, -STATUS...)."""
+
+
+@dataclass(frozen=True)
 class PortRejected:
     method: str
     reason: str = ""
@@ -146,8 +162,8 @@ class FrameReceived:
     payload: bytes
 
 
-Event = (LinkUp | LinkDown | PortAuthorized | IdentityRequested | MethodProposed | PortRejected | RadiusAnswer
-         | RadiusFailed | FrameReceived)
+Event = (LinkUp | LinkDown | PortAuthorized | IdentityRequested | MethodProposed | EapProgressed | PortRejected
+         | RadiusAnswer | RadiusFailed | FrameReceived)
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -216,6 +232,8 @@ class Timers:
     # it), and so does no identity request from the switch this long after the start
     admission_silent_timeout: float = 55.0  # the switch relays, the server never answers: restart EAP only
     # after this long (hostapd 2.10 fails over 45 s after the first Access-Request; the module docstring)
+    admission_lost: float = 10.0  # admitted, but the realm answered nothing this long after the EAP-Success
+    # while requests went unanswered: the port is taken as shut, 802.1X starts over (well past `settle`)
     handshake_timeout: float = 10.0
     resend_every: float = 1.0  # a hello or PeerFinished unanswered this long is sent again
     retry_min: float = 1.0
@@ -342,6 +360,9 @@ class Node:
         self.authorized_at = -math.inf  # when the port was last authorized
         self.last_sweep = -math.inf  # when _tick last went through the handshakes and sessions
         self.settle_backoff = timers.settle_retry
+        self.realm_heard = False  # the realm answered (or refused) a request since the last EAP-Success
+        self.unanswered = 0  # requests since the last EAP-Success that no server answered
+        self.lost_after = timers.admission_lost  # doubles on each admission taken as lost
         self.last_t = -math.inf  # this node's time at the last call (see _rebase)
         self.stats = {"frames_dropped": 0, "handshakes_failed": 0, "handshakes_deferred": 0, "hellos_limited": 0}
 
@@ -370,6 +391,9 @@ class Node:
             if self.port is Port.ADMITTING and not self.admission_answered:
                 self.admission_answered = True  # the refusal clock runs from the server's first answer
                 self.admission_started = t
+        elif isinstance(event, EapProgressed):
+            if self.port is Port.ADMITTING and self.admission_answered:
+                self.admission_started = t  # ... and again from each later step: still moving
         elif isinstance(event, PortRejected):
             self._rejected(event, t, out)
         elif isinstance(event, (RadiusAnswer, RadiusFailed)):
@@ -428,8 +452,23 @@ class Node:
         self.retry_at = 0.0
         self.next_announce = 0.0
         self.authorized_at, self.settle_backoff = t, self.timers.settle_retry
+        self.realm_heard, self.unanswered = False, 0
         out.append(Log("admitted", f"port authorized by EAP-{ev.method.upper()}"))
         out.append(Milestone("authorized"))
+
+    def _admission_lost(self, t: float, out: list[Action]) -> None:
+        """Admitted, yet nothing reached the realm since: a switch that dropped the station after
+        its EAP-Success (hostapd does after reAuthMax restarts, and says nothing to the device)
+        forwards nothing for us while we would retry for ever. Not a refusal (a refusal is an
+        answer) and not a dead server (the server just let us in; a port that works reaches
+        the realm's answers, and one answer ends this for the admission): authenticate again."""
+        out.append(Log("admission-lost", f"no answer from the realm {t - self.authorized_at:.0f} s after the "
+                       f"EAP-Success ({self.unanswered} request(s) unanswered): the switch seems not to forward "
+                       f"for this port; starting 802.1X over"))
+        self.lost_after = min(self.lost_after * 2, 8 * self.timers.admission_lost)
+        self.port = Port.ADMITTING
+        self.method = None
+        self._admission(out, t)
 
     def _rejected(self, ev: PortRejected, t: float, out: list[Action]) -> None:
         if ev.method == "pwd":
@@ -471,6 +510,10 @@ class Node:
         if entry is None:
             return  # answer to an operation dropped by a link-down
         kind, ctx = entry
+        if isinstance(ev, RadiusAnswer) or ev.reply:  # the realm answered: the path through the port works
+            self.realm_heard, self.lost_after = True, self.timers.admission_lost
+        elif kind in ("register", "ticket"):  # what an admitted device needs first (not a poll that may wait)
+            self.unanswered += 1
         try:
             if isinstance(ev, RadiusFailed):
                 if ev.reply:  # an Access-Reject with the core's ErrorMessage: raise its error
@@ -1008,6 +1051,9 @@ class Node:
             out.append(Log("admission-silent", f"no answer from the RADIUS server within "
                            f"{self.timers.admission_silent_timeout:.0f} s: starting EAP-{method} over"))
             self._admission(out, t)
+        elif (self.port is Port.UP and not self.realm_heard and self.unanswered
+              and t - self.authorized_at >= self.lost_after):
+            self._admission_lost(t, out)
         self._lifecycle(t, out)
         if self.port is not Port.UP:
             return
