@@ -232,6 +232,9 @@ class Timers:
     # it), and so does no identity request from the switch this long after the start
     admission_silent_timeout: float = 55.0  # the switch relays, the server never answers: restart EAP only
     # after this long (hostapd 2.10 fails over 45 s after the first Access-Request; the module docstring)
+    start_resend: float = 0.5  # no EAP request from the switch this long after our EAPOL-Start: send it
+    # again (doubling) until admission_timeout; a Start sent as the switch's port comes up can be lost,
+    # and nothing is in progress to abort yet
     admission_lost: float = 10.0  # admitted, but the realm answered nothing this long after the EAP-Success
     # while requests went unanswered: the port is taken as shut, 802.1X starts over (well past `settle`)
     handshake_timeout: float = 10.0
@@ -355,6 +358,7 @@ class Node:
         self.retry_at = 0.0
         self.admission_started = 0.0  # when 802.1X started, then when the server first answered
         self.admission_asked = False  # the switch asked for our identity
+        self.start_resend_at, self.start_resends = math.inf, 0  # our EAPOL-Start again, while unasked
         self.admission_answered = False  # the server proposed a method
         self.backoff = timers.retry_min
         self.authorized_at = -math.inf  # when the port was last authorized
@@ -416,12 +420,17 @@ class Node:
     def _admission(self, out: list[Action], t: float = 0.0) -> None:
         self.admission_started = t
         self.admission_asked = self.admission_answered = False
+        self.start_resend_at, self.start_resends = t + self.timers.start_resend, 0
         if self.client.registration is not None and self.method != "tls-fallback":
-            out.append(StartAdmission("pwd", self.device_id, self.client.eap_pwd_password()))
             self.method = "pwd"
         else:
-            out.append(StartAdmission("tls", self.device_id))
             self.method = "tls"
+        out.append(self._start_action())
+
+    def _start_action(self) -> StartAdmission:
+        if self.method == "pwd":
+            return StartAdmission("pwd", self.device_id, self.client.eap_pwd_password())
+        return StartAdmission("tls", self.device_id)
 
     def _link_up(self, t: float, out: list[Action]) -> None:
         self.port = Port.ADMITTING
@@ -609,6 +618,7 @@ class Node:
         self.next_revocation_poll += step
         self.retry_at += step
         self.admission_started += step
+        self.start_resend_at += step
         self.authorized_at += step
         self.last_sweep += step
         for hs in self.initiating.values():
@@ -1046,6 +1056,11 @@ class Node:
             why = "no EAP-Success" if self.admission_answered else "no EAP request from the switch"
             self._rejected(PortRejected((self.method or "tls").split("-")[0],
                                         f"{why} within {self.timers.admission_timeout:.0f} s"), t, out)
+        elif self.port is Port.ADMITTING and not self.admission_asked and t >= self.start_resend_at:
+            self.start_resends += 1
+            self.start_resend_at = t + self.timers.start_resend * 2 ** self.start_resends
+            out.append(Log("admission", "no EAP request from the switch yet: EAPOL-Start again"))
+            out.append(self._start_action())
         elif self.port is Port.ADMITTING and t - self.admission_started > self.timers.admission_silent_timeout:
             method = (self.method or "tls").split("-")[0].upper()
             out.append(Log("admission-silent", f"no answer from the RADIUS server within "

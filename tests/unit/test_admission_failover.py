@@ -179,7 +179,7 @@ def test_no_identity_request_is_a_refusal_after_admission_timeout(registered, un
     the station an EAP-Failure ended) is no silent server: 3 s, as before."""
     node = registered
     node.handle(LinkUp(), T0)
-    assert not admissions(node.handle(None, T0 + 2.9))
+    assert admissions(node.handle(None, T0 + 2.9)) == ["pwd"]  # the Start again (start_resend), no fall-back
     assert admissions(node.handle(None, T0 + 3.1)) == ["tls"]
     node.handle(None, T0 + 6.2)
     assert node.port is Port.BLOCKED

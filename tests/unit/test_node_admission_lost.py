@@ -165,3 +165,21 @@ def test_eap_steps_before_the_server_answered_start_no_refusal_clock(realm, rand
     for dt in range(1, 55):
         assert not [a for a in node.handle(None, T0 + dt) if isinstance(a, StartAdmission)], dt
     assert node.port is Port.ADMITTING
+
+
+def test_a_start_the_switch_never_answered_is_sent_again_soon(realm, rand):
+    """An EAPOL-Start sent as the switch's port comes up can be lost: with no EAP request from
+    the switch, the Start goes again after start_resend (0.5 s, then 1 s), not only when the 3 s
+    refusal clock runs out; once the switch has asked for the identity, no more Starts (a second
+    one would abort the conversation in progress) until the 55 s silent wait."""
+    node = Node(make_device(realm, "SN-B"), rand)
+    assert [a.method for a in node.handle(LinkUp(), T0) if isinstance(a, StartAdmission)] == ["tls"]
+    assert not [a for a in node.handle(None, T0 + 0.4) if isinstance(a, StartAdmission)]
+    assert [a.method for a in node.handle(None, T0 + 0.55) if isinstance(a, StartAdmission)] == ["tls"]
+    assert not [a for a in node.handle(None, T0 + 1.4) if isinstance(a, StartAdmission)]
+    assert [a.method for a in node.handle(None, T0 + 1.6) if isinstance(a, StartAdmission)] == ["tls"]
+    assert node.port is Port.ADMITTING
+    node.handle(IdentityRequested(), T0 + 1.7)  # the switch answered the last one
+    for dt in (2.0, 3.0, 3.5, 10.0, 40.0):
+        assert not [a for a in node.handle(None, T0 + dt) if isinstance(a, StartAdmission)], dt
+    assert node.port is Port.ADMITTING
