@@ -193,6 +193,18 @@ class AgentEvents:
             except queue.Empty:
                 return out
 
+    def read_until(self, done, timeout: float) -> list[dict]:
+        """Every event read until ``done(events so far)`` is true; TimeoutError (with what came)
+        after ``timeout`` s."""
+        seen: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while not done(seen):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"agent events after {timeout} s: {seen}")
+            seen += self.read(left)
+        return seen
+
     def close(self) -> None:
         if self._thread.is_alive():
             os.write(self._stop_w, b"x")

@@ -15,15 +15,6 @@ from tessera.lab.topology import RealmLab
 from tests.gate import needs_lab
 
 
-def _read_until(events, done, timeout: float) -> list[dict]:
-    seen: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while not done(seen):
-        left = deadline - time.monotonic()
-        assert left > 0, seen
-        seen += events.read(left)
-    return seen
-
 
 @needs_lab
 def test_agent_readmits_when_the_switch_dropped_it_after_eap_success(lab):
@@ -48,7 +39,7 @@ def test_agent_readmits_when_the_switch_dropped_it_after_eap_success(lab):
     for d in rl.devices:
         rl.start_agent(d, events=events)
     t0 = rl.set_carriers(rl.devices, True)
-    got = _read_until(events, lambda seen: {(shut.device_id, "ticketed"), (ok.device_id, "ticketed")}
+    got = events.read_until(lambda seen: {(shut.device_id, "ticketed"), (ok.device_id, "ticketed")}
                       <= {(e["device"], e["event"]) for e in seen}, 40)
     mine = [(e["event"], e["t"] - t0) for e in got if e["device"] == shut.device_id and e["event"] != "started"]
     kinds = [k for k, _ in mine]

@@ -76,10 +76,10 @@ def test_agents_report_milestones_from_link_up_to_peered(lab):
     rl.set_carriers(rl.devices, False)
     for d in rl.devices:
         rl.start_agent(d, events=events)
-    started = {e["device"]: e["pid"] for e in _read_until(events, lambda seen: len(seen) == 3, 10)}
+    started = {e["device"]: e["pid"] for e in events.read_until(lambda seen: len(seen) == 3, 10)}
     assert started == {d.device_id: d.agent.pid for d in rl.devices}
     t0 = rl.set_carriers(rl.devices, True)
-    got = _read_until(events, lambda seen: {("peered", a.device_id), ("peered", b.device_id)}
+    got = events.read_until(lambda seen: {("peered", a.device_id), ("peered", b.device_id)}
                       <= {(e["event"], e["device"]) for e in seen}, 30)
     for d, peer in ((a, b), (b, a)):
         mine = [e for e in got if e["device"] == d.device_id]
@@ -87,21 +87,12 @@ def test_agents_report_milestones_from_link_up_to_peered(lab):
         assert [e.get("peer") for e in mine if e["event"] == "peered"] == [peer.device_id]
         assert all(t0 <= x["t"] <= y["t"] for x, y in zip(mine, mine[1:]))
     assert rl.send(a, b.device_id, "first")["ok"]
-    rec = _read_until(events, lambda seen: any(e["event"] == "record" for e in seen), 10)
+    rec = events.read_until(lambda seen: any(e["event"] == "record" for e in seen), 10)
     assert [(e["device"], e["peer"]) for e in rec if e["event"] == "record"] == [(b.device_id, a.device_id)]
     # the stranger's certificate is refused: it saw carrier and nothing more
     assert rl.wait(lambda: "EAP-TLS refused" in open(stranger.agent.log_path).read(), 15)
     assert {e["event"] for e in got + rec if e["device"] == stranger.device_id} <= {"link-up"}
 
-
-def _read_until(events, done, timeout: float) -> list[dict]:
-    seen: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while not done(seen):
-        left = deadline - time.monotonic()
-        assert left > 0, seen
-        seen += events.read(left)
-    return seen
 
 
 def test_event_stream_never_blocks_the_agent_and_writes_whole_lines(tmp_path):
