@@ -86,12 +86,14 @@ def tgt_device_aad(realm: str, device_id: str, nonce: bytes, tgt: bytes) -> byte
 
 
 def session_part_aad(realm: str, initiator: str, responder: str, initiator_nonce: bytes, role: bytes) -> bytes:
-    return b"session part\x00" + role + _session_part_tail(realm, initiator, responder, initiator_nonce)
+    return session_part_aads(realm, initiator, responder, initiator_nonce, role)[0]
 
 
-def _session_part_tail(realm: str, initiator: str, responder: str, initiator_nonce: bytes) -> bytes:
-    """What follows the label and role byte in ``session_part_aad``: the same for both parts."""
-    return Writer().push_str(realm).push_str(initiator).push_str(responder).push_bytes(initiator_nonce).getvalue()
+def session_part_aads(realm: str, initiator: str, responder: str, initiator_nonce: bytes,
+                      *roles: bytes) -> list[bytes]:
+    """``session_part_aad`` for each role, the part after the role byte encoded once."""
+    tail = Writer().push_str(realm).push_str(initiator).push_str(responder).push_bytes(initiator_nonce).getvalue()
+    return [b"session part\x00" + role + tail for role in roles]
 
 
 def session_part_body(key: bytes, not_after: int, initiator: str, responder: str, ni: bytes, nr: bytes) -> bytes:
@@ -298,9 +300,9 @@ class Service:
         not_after = min(tgt_a.not_after, tgt_b.not_after, now + self.policy.session_lifetime)
         key = self.random(32)
         body = session_part_body(key, not_after, hello.initiator, req.device_id, hello.nonce, req.nonce)
-        tail = _session_part_tail(self.realm, hello.initiator, req.device_id, hello.nonce)  # AADs differ in the role
-        part_r = Sealer(part_b).seal(self.random(12), body, b"session part\x00R" + tail)
-        part_i = Sealer(part_a).seal(self.random(12), body, b"session part\x00I" + tail)
+        aad_r, aad_i = session_part_aads(self.realm, hello.initiator, req.device_id, hello.nonce, b"R", b"I")
+        part_r = Sealer(part_b).seal(self.random(12), body, aad_r)
+        part_i = Sealer(part_a).seal(self.random(12), body, aad_i)
         reply = m.SessionReply(self.realm, hello.initiator, req.device_id, hello.nonce, req.nonce, not_after,
                                part_r, part_i)
         return Outcome("session", req.device_id, reply.encode(), f"with {hello.initiator} until {not_after}")
