@@ -28,7 +28,13 @@ def test_admission_tls_and_pwd_open_ports_and_traffic_flows(make_testbed):
     s1 = tb.supplicant(d1)                 # EAP-TLS with the device certificate
     s2 = tb.supplicant(d2, tb.pwd(d2))     # EAP-PWD
     assert s1.wait_event(timeout=15).name == EAP_SUCCESS
-    assert s2.wait_event(timeout=15).name == EAP_SUCCESS
+    ev = s2.wait_event(timeout=15)
+    if ev is not None and ev.name != EAP_SUCCESS and not any(h.name == "CTRL-EVENT-EAP-METHOD" for h in s2.history):
+        # refused before EAP-PWD began: FreeRADIUS 3.2's rare start failure (tests/server/eapol.py); the agent,
+        # too, tries EAP-PWD once more then (tessera/node.py)
+        s2.set_credentials(tb.pwd(d2), restart=True)
+        ev = s2.wait_event(timeout=15)
+    assert ev is not None and ev.name == EAP_SUCCESS, ev
     ctl = tb.controller
     assert ctl.wait_for(lambda c: admitted(c, d1) and admitted(c, d2), 5)
     assert ping(d1.ns, d2.ip, count=2) == 2

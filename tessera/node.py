@@ -22,8 +22,10 @@ timer ticks go in; actions come out (start 802.1X, ask the realm, send a frame, 
                                   moving EAP conversation is not aborted (each restart is an
                                   EAPOL-Start that aborts the switch's conversation and counts
                                   towards its reAuthMax)
-    PortRejected                  EAP-PWD refused → fall back to EAP-TLS; EAP-TLS refused → stay
-                                  closed and try again after a back-off
+    PortRejected                  EAP-PWD refused → fall back to EAP-TLS (refused before its first
+                                  method request, the first time since link-up: EAP-PWD once more;
+                                  _rejected says why); EAP-TLS refused → stay closed and try again
+                                  after a back-off
     RadiusAnswer / RadiusFailed   feed the DeviceClient or the peer handshake; a failure backs off
                                   (clock-skew: adopt the server's time and retry at once, once;
                                   superseded / not-registered: the DRT is dead, register afresh;
@@ -360,6 +362,8 @@ class Node:
         self.admission_asked = False  # the switch asked for our identity
         self.start_resend_at, self.start_resends = math.inf, 0  # our EAPOL-Start again, while unasked
         self.admission_answered = False  # the server proposed a method
+        self.admission_progressed = False  # ... and a later step came (the method's own first request)
+        self.pwd_retried = False  # EAP-PWD refused before it began once since link-up: the next refusal falls back
         self.backoff = timers.retry_min
         self.authorized_at = -math.inf  # when the port was last authorized
         self.last_sweep = -math.inf  # when _tick last went through the handshakes and sessions
@@ -398,6 +402,7 @@ class Node:
         elif isinstance(event, EapProgressed):
             if self.port is Port.ADMITTING and self.admission_answered:
                 self.admission_started = t  # ... and again from each later step: still moving
+                self.admission_progressed = True  # the method itself began (EAP-PWD: its first request)
         elif isinstance(event, PortRejected):
             self._rejected(event, t, out)
         elif isinstance(event, (RadiusAnswer, RadiusFailed)):
@@ -419,7 +424,7 @@ class Node:
     # -- port ------------------------------------------------------------------------------
     def _admission(self, out: list[Action], t: float = 0.0) -> None:
         self.admission_started = t
-        self.admission_asked = self.admission_answered = False
+        self.admission_asked = self.admission_answered = self.admission_progressed = False
         self.start_resend_at, self.start_resends = t + self.timers.start_resend, 0
         if self.client.registration is not None and self.method != "tls-fallback":
             self.method = "pwd"
@@ -435,6 +440,7 @@ class Node:
     def _link_up(self, t: float, out: list[Action]) -> None:
         self.port = Port.ADMITTING
         self.method = None
+        self.pwd_retried = False
         self.epoch = int.from_bytes(self.random(8), "big")
         out.append(Log("link-up", "carrier up: starting 802.1X"))
         out.append(Milestone("link-up"))
@@ -461,6 +467,7 @@ class Node:
         self.retry_at = 0.0
         self.next_announce = 0.0
         self.authorized_at, self.settle_backoff = t, self.timers.settle_retry
+        self.pwd_retried = False
         self.realm_heard, self.unanswered = False, 0
         out.append(Log("admitted", f"port authorized by EAP-{ev.method.upper()}"))
         out.append(Milestone("authorized"))
@@ -480,6 +487,16 @@ class Node:
         self._admission(out, t)
 
     def _rejected(self, ev: PortRejected, t: float, out: list[Action]) -> None:
+        if ev.method == "pwd" and self.method == "pwd" and not self.admission_progressed and not self.pwd_retried:
+            # refused before the method's first request: FreeRADIUS 3.2's rlm_eap_pwd fails about one
+            # session in 150 right there ("failed to obtain password element": its hunting and pecking
+            # with the session's random token; 2 in 300 measured here), and a realm that refuses the
+            # device refuses it there too; one more try tells them apart at the cost of a round trip
+            self.pwd_retried = True
+            out.append(Log("admission-failed", f"EAP-PWD refused before it began ({ev.reason or 'EAP-Failure'}): "
+                                               f"trying EAP-PWD once more, then EAP-TLS"))
+            self._admission(out, t)
+            return
         if ev.method == "pwd":
             out.append(Log("admission-failed", f"EAP-PWD refused ({ev.reason or 'EAP-Failure'}): trying EAP-TLS"))
             self.method = "tls-fallback"

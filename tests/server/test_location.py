@@ -30,7 +30,7 @@ from tessera.device import DeviceClient
 from tessera.sqlite_registry import SQLiteRegistry
 
 from tests.gate import needs_freeradius
-from tests.server.eapol import eapol_test, pwd_network, tls_network
+from tests.server.eapol import eapol_test, pwd_began, pwd_network, tls_network
 from tests.server.realserver import SECRET, make_server
 
 pytestmark = needs_freeradius
@@ -176,21 +176,27 @@ def test_location_device_revoked_during_its_eap_pwd_exchange_stays_out(site, tmp
     """EAP-PWD takes the password at the exchange's first round; the server's realm here
     (revoking_realm) revokes a ``revoke-*`` device right then, as an operator's revoke landing
     mid-exchange would. The exchange completes, but the switch gets Access-Reject, so the port
-    stays closed, and the location stays where the revocation found it."""
-    dev, creds = site.device("revoke-pwd")
+    stays closed, and the location stays where the revocation found it. (FreeRADIUS 3.2's
+    EAP-PWD fails about one session in 150 before it begins, after taking the password -- see
+    tests/server/eapol.py: such a try revoked its device for nothing, so the next uses another.)"""
     server = site.server
-    rc, out = tls(site, tmp_path, creds, "revoke-pwd", server.nas_port, server.nas_secret,
-                  where("switch-1", "p1", "02:00:5e:10:00:11"))
-    assert rc == 0 and "SUCCESS" in out, out[-3000:]  # EAP-TLS: not revoked meanwhile
-    assert site.location("revoke-pwd") == ("switch-1", "p1", "02-00-5E-10-00-11")
-    mark = len(site.log())
-    rc, out = eapol_test(tmp_path, "pwd-revoked", pwd_network("revoke-pwd", dev.eap_pwd_password()),
-                         server.address, server.nas_port, server.nas_secret, timeout=5,
-                         extra=where("switch-4", "p6", "02:00:5e:10:00:16"))
+    for n in range(1, 4):
+        device = f"revoke-pwd{n}"
+        dev, creds = site.device(device)
+        rc, out = tls(site, tmp_path, creds, device, server.nas_port, server.nas_secret,
+                      where("switch-1", "p1", "02:00:5e:10:00:11"))
+        assert rc == 0 and "SUCCESS" in out, out[-3000:]  # EAP-TLS: not revoked meanwhile
+        assert site.location(device) == ("switch-1", "p1", "02-00-5E-10-00-11")
+        mark = len(site.log())
+        rc, out = eapol_test(tmp_path, "pwd-revoked", pwd_network(device, dev.eap_pwd_password()),
+                             server.address, server.nas_port, server.nas_secret, timeout=5,
+                             extra=where("switch-4", "p6", "02:00:5e:10:00:16"), attempts=1)
+        if pwd_began(out):
+            break
     assert rc != 0 and "Access-Reject" in out and "Access-Accept" not in out, out[-3000:]
     reject = out[out.index("code=3 (Access-Reject)"):]
     assert "EAP-Failure" in reject and "EAP-Success" not in reject, reject[:3000]
     assert "Vendor-Specific" not in reject, reject[:3000]  # no MS-MPPE keys go with a reject
-    assert "admission refused after all: revoked: device revoke-pwd was revoked during its admission" \
+    assert f"admission refused after all: revoked: device {device} was revoked during its admission" \
         in site.log()[mark:], site.log()[mark:]
-    assert site.location("revoke-pwd") == ("switch-1", "p1", "02-00-5E-10-00-11")
+    assert site.location(device) == ("switch-1", "p1", "02-00-5E-10-00-11")

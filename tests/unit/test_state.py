@@ -29,7 +29,7 @@ from hypothesis import given, settings, strategies as st
 from tessera import errors as E, message as m
 from tessera.device import DeviceClient
 from tessera.identity import DeviceKey
-from tessera.node import (FrameReceived, LinkDown, LinkUp, Node, PortAuthorized, PortRejected, RadiusRequest,
+from tessera.node import (EapProgressed, FrameReceived, IdentityRequested, MethodProposed, LinkDown, LinkUp, Node, PortAuthorized, PortRejected, RadiusRequest,
                           SendFrame, StartAdmission)
 from tessera.peer import PeerInitiator, PeerResponder
 from tessera.realm import Realm
@@ -425,6 +425,7 @@ def test_peer_inputs_without_their_request_are_refused():
 class PortModel:
     port: str = "down"
     method: str | None = None
+    pwd_retried: bool = False  # EAP-PWD refused before it began, once since link-up (tessera/node.py)
 
 
 class NodeRun:
@@ -449,12 +450,15 @@ class NodeRun:
         expect_admission = []
         if action == "link_up":  # any state: start 802.1X, EAP-PWD once registered, else EAP-TLS
             model.port, model.method = "admitting", "pwd" if self.registered else "tls"
+            model.pwd_retried = False
             expect_admission = [model.method]
         elif action == "link_down":
             model.port = "down"
         elif action.startswith("authorized") and admitting:
-            model.port = "up"
-        elif action == "rejected_pwd" and admitting:  # EAP-PWD refused: fall back to EAP-TLS
+            model.port, model.pwd_retried = "up", False
+        elif action == "rejected_pwd" and admitting and model.method == "pwd" and not model.pwd_retried:
+            model.pwd_retried, expect_admission = True, ["pwd"]  # refused before it began: once more
+        elif action == "rejected_pwd" and admitting:  # EAP-PWD refused again: fall back to EAP-TLS
             model.method, expect_admission = "tls", ["tls"]
         elif action == "rejected_tls" and admitting:  # EAP-TLS refused: the port stays closed
             model.port = "blocked"
@@ -489,3 +493,27 @@ def test_node_acts_only_once_the_port_is_up():
     for action in ["link_up", "authorized_pwd", "tick", "announce"]:
         run.step(action)
     assert run.node.port.value == "up" and "SN-B" in run.node.neighbours and "SN-B" in run.node.initiating
+
+
+def _admissions(out) -> list[str]:
+    return [x.method for x in out if isinstance(x, StartAdmission)]
+
+
+def test_eap_pwd_refused_before_it_began_is_tried_once_more_then_tls():
+    """FreeRADIUS 3.2's EAP-PWD fails about one session in 150 before its first request (the
+    password element, from the session's random token): a registered device refused there tries
+    EAP-PWD once more; refused there again (a realm that refuses it), EAP-TLS. Refused once the
+    method began (a wrong password), it goes to EAP-TLS at once, as before."""
+    node = NodeRun(registered=True).node
+    assert _admissions(node.handle(LinkUp(), T0)) == ["pwd"]
+    for ev in (IdentityRequested(), MethodProposed("vendor=0 method=13")):  # TLS proposed, PWD NAKed back
+        node.handle(ev, T0)
+    assert _admissions(node.handle(PortRejected("pwd"), T0)) == ["pwd"]  # never began: once more
+    node.handle(MethodProposed("vendor=0 method=13"), T0)
+    assert _admissions(node.handle(PortRejected("pwd"), T0)) == ["tls"]  # again: EAP-TLS
+    node.handle(PortAuthorized("tls"), T0)
+    node.handle(LinkDown(), T0)
+    assert _admissions(node.handle(LinkUp(), T0 + 1)) == ["pwd"]
+    for ev in (IdentityRequested(), MethodProposed("vendor=0 method=13"), EapProgressed()):  # PWD began
+        node.handle(ev, T0 + 1)
+    assert _admissions(node.handle(PortRejected("pwd"), T0 + 1)) == ["tls"]  # confirm failed: EAP-TLS
