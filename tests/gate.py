@@ -3,7 +3,7 @@
 How this works
 --------------
 Tests that need real parts (root, network namespaces, FreeRADIUS, hostapd, wpa_supplicant,
-eapol_test, tcpdump, PostgreSQL) say so with ``@needs(...)`` or ``require(...)``;
+eapol_test, tcpdump, PostgreSQL, iperf3, bird2, tshark) say so with ``@needs(...)`` or ``require(...)``;
 :func:`missing` names the first part that is absent, in words an engineer can act on: *not
 root*, *freeradius is in /usr/sbin but /usr/sbin is not on PATH*, *Debian package eapoltest is
 not installed*.
@@ -45,6 +45,10 @@ PACKAGES = {
     "kadmin.local": "krb5-admin-server",
     "krb5-config": "libkrb5-dev",
     "gcc": "gcc",
+    "iperf3": "iperf3",
+    "bird": "bird2",
+    "birdc": "bird2",
+    "tshark": "tshark",
 }
 RLM_PYTHON3 = Path("/usr/lib/freeradius/rlm_python3.so")
 # "postgresql": the server binaries, which Debian keeps off PATH (private clusters: lab/postgres.py)
