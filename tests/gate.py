@@ -49,6 +49,7 @@ PACKAGES = {
     "bird": "bird2",
     "birdc": "bird2",
     "tshark": "tshark",
+    "ping": "iputils-ping",
 }
 RLM_PYTHON3 = Path("/usr/lib/freeradius/rlm_python3.so")
 # "postgresql": the server binaries, which Debian keeps off PATH (private clusters: lab/postgres.py)
