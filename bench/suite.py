@@ -73,6 +73,8 @@ PARTS = (
          ("--rounds", "1", "--seconds", "1", "--udp-preference-limit", "4096"), True),
     Part("lab peering curve", "lab_peering.py", ("--devices", "10", "25", "50", "100"), ("--devices", "10"), False),
     Part("l2 frames", "l2_rate.py", ("--rounds", "5"), ("--rounds", "2"), False),
+    Part("secured link (iperf3, ping over tessera0)", "tunnel.py", ("--rounds", "3", "--udp"),
+         ("--rounds", "1", "--seconds", "2", "--pings", "50"), False),
 )
 
 
@@ -258,6 +260,12 @@ def checks(aggs: list[Agg]) -> list[Check]:
     if not isinstance(ratio, (int, float)):
         ratio = aead.per_second / plain.per_second if plain and aead and plain.per_second else None
     out.append(Check("AEAD ÷ plain frames/s", ratio, 0.8, False))
+    tcp = _find(aggs, "tunnel", "iperf3 TCP over tessera0")
+    out.append(Check("TCP over tessera0 (iperf3)", tcp.per_second / 1e9 if tcp and tcp.per_second else None, 0.5,
+                     False, "Gbit/s", f"{tcp.extra.get('retransmits')} retransmits, MSS {tcp.extra.get('mss')}"
+                     if tcp else ""))
+    rtt = _find(aggs, "tunnel", "ICMP echo over tessera0 (one at a time)")
+    out.append(Check("added ping RTT over tessera0", rtt.extra.get("added_rtt_ms") if rtt else None, 0.5, True, "ms"))
     # shown, not judged
     out.append(Check("TGT ÷ MIT AS with pre-auth, 1 message (no DB writes)",
                      _ratio(tessera(aggs, "TGT (auth with LLK)"), mit(aggs, MIT_AS1))))

@@ -135,7 +135,7 @@ def test_suite_schedule_alternates_cpu_parts_then_runs_the_rest_once():
     order = [p.script for p in suite.schedule(2)]
     assert order == ["freeradius_floor.py", "realm_exchanges.py", "kerberos.py",
                      "kerberos.py", "realm_exchanges.py", "freeradius_floor.py",
-                     "lab_peering.py", "l2_rate.py"]
+                     "lab_peering.py", "l2_rate.py", "tunnel.py"]
 
 
 def test_suite_results_written_from_rows(tmp_path):
