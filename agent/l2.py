@@ -14,6 +14,9 @@ How this works
   ``recv`` reads into one preallocated buffer with ``recv_into`` (``recvfrom`` would add an
   ``SIOCGIFNAME`` ioctl per frame to name the interface in the address), the kernel drops
   the socket's own frames (PACKET_IGNORE_OUTGOING), and source MACs are named from a cache.
+* :class:`tessera.agent.ring.RingTransport` (agent/ring.py) — the same socket with mmap'ed
+  PACKET_MMAP (TPACKET_V2) RX and TX rings, plus ``recv_batch`` / ``send_batch`` / ``flush``
+  for a forwarding loop: no syscall per received frame, one per sent batch.
 * :class:`MemoryHub` / :class:`MemoryTransport` — an in-memory segment for unit tests:
   transports attached to one hub see each other's frames (unicast to the addressed MAC,
   broadcast to all others), with a selectable pipe so the same ``select()`` loop works.
