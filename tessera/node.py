@@ -36,7 +36,10 @@ timer ticks go in; actions come out (start 802.1X, ask the realm, send a frame, 
                                   repeat gets the PeerTicket again); PeerTicket → PeerFinished;
                                   PeerFinished → established, PeerConfirm; PeerConfirm (or a
                                   record under the new key) → established; PeerData → open and
-                                  deliver; ErrorMessage → counted, nothing else (unauthenticated)
+                                  deliver; PeerFrame → open, check and DeliverFrame to the tap
+                                  (tessera.tunnel; the adapter's fast path calls the tunnel
+                                  directly, without a tick per frame); ErrorMessage → counted,
+                                  nothing else (unauthenticated)
     LinkDown                      drop every session and handshake, port DOWN
     tick (every call)             renew / re-register before expiry, announce, poll the realm's
                                   revocation list, resend unanswered hellos and finished frames,
@@ -96,7 +99,6 @@ from .errors import (ClockSkewError, MalformedError, NotRegisteredError, Revoked
 from .limits import Lru, RateLimit
 from .identity import check_device_id
 from .peer import NO_HW, Channel, PeerInitiator, PeerResponder, PeerState
-from .record import session_id_of
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 EARLIEST_TIME = 1_577_836_800  # 2020-01-01T00:00:00Z: a realm clock before this is broken
@@ -196,6 +198,13 @@ class Deliver:
 
 
 @dataclass(frozen=True)
+class DeliverFrame:
+    """An inner Ethernet frame from `peer`'s PeerFrame record, for the tap (tessera.tunnel)."""
+    peer: str
+    frame: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class SaveState:
     pass
 
@@ -216,7 +225,7 @@ class Milestone:
     peer: str | None = None
 
 
-Action = StartAdmission | RadiusRequest | SendFrame | Deliver | SaveState | Log | Milestone
+Action = StartAdmission | RadiusRequest | SendFrame | Deliver | DeliverFrame | SaveState | Log | Milestone
 
 
 class Port(enum.Enum):
@@ -373,6 +382,8 @@ class Node:
         self.lost_after = timers.admission_lost  # doubles on each admission taken as lost
         self.last_t = -math.inf  # this node's time at the last call (see _rebase)
         self.stats = {"frames_dropped": 0, "handshakes_failed": 0, "handshakes_deferred": 0, "hellos_limited": 0}
+        self.session_generation = 0  # moves whenever `sessions` changes (tessera.tunnel rebuilds its routes)
+        self.tunnel = None  # a tessera.tunnel.Tunnel sets itself here
 
     @property
     def device_id(self) -> str:
@@ -450,6 +461,7 @@ class Node:
         dropped = len(self.sessions) + len(self.initiating) + len(self.responding)
         self.port = Port.DOWN
         self.sessions.clear()
+        self.session_generation += 1
         self.by_id.clear()
         self.retiring.clear()
         self.initiating.clear()
@@ -486,9 +498,10 @@ class Node:
         self.method = None
         self._admission(out, t)
 
-    def _rejected(self, ev: PortRejected, t: float, out: list[Action]) -> None:
-        if ev.method == "pwd" and self.method == "pwd" and not self.admission_progressed and not self.pwd_retried:
-            # refused before the method's first request: FreeRADIUS 3.2's rlm_eap_pwd fails about one
+    def _rejected(self, ev: PortRejected, t: float, out: list[Action], timed_out: bool = False) -> None:
+        if (ev.method == "pwd" and self.method == "pwd" and self.admission_answered and not self.admission_progressed
+                and not timed_out and not self.pwd_retried):
+            # an EAP-Failure after the server answered, before the method's first request: FreeRADIUS 3.2's rlm_eap_pwd fails about one
             # session in 150 right there ("failed to obtain password element": its hunting and pecking
             # with the session's random token; 2 in 300 measured here), and a realm that refuses the
             # device refuses it there too; one more try tells them apart at the cost of a round trip
@@ -704,6 +717,9 @@ class Node:
         payload = ev.payload
         if len(payload) >= 2 and payload[1] == m.PeerData.TYPE:
             self._data(ev.src, payload, t, out)
+            return
+        if len(payload) >= 2 and payload[1] == m.PeerFrame.TYPE:
+            self._peer_frame(ev.src, payload, t, out)
             return
         try:
             msg = m.decode(payload, (m.PeerAnnounce, m.PeerHello, m.PeerTicket, m.PeerFinished, m.PeerConfirm,
@@ -967,6 +983,7 @@ class Node:
         n = self.neighbours.get(peer)
         s.peer_epoch = (n.macs.get(s.mac) or (0, 0.0))[0] if n is not None else 0  # the epoch announced from its MAC
         self.sessions[peer] = s
+        self.session_generation += 1
         self.by_id[s.channel.session_id] = (peer, s)
         verb = "rekeyed" if old else "established"
         out.append(Log("session", f"{verb} with {peer}: session {s.channel.session_id.hex()} until "
@@ -975,28 +992,48 @@ class Node:
             out.append(Milestone("peered", peer))
 
     def _data(self, src: str, frame: bytes, t: float, out: list[Action]) -> None:
+        got = self._open_record(src, frame, t, out)
+        if got is not None:
+            out.append(Deliver(*got))
+
+    def _peer_frame(self, src: str, frame: bytes, t: float, out: list[Action]) -> None:
+        """A PeerFrame through handle(): the adapter's fast path calls the tunnel itself."""
+        if self.tunnel is None:  # no tap here: not opened, so no window moves for nothing
+            self.stats["frames_dropped"] += 1
+            return
+        inner = self.tunnel.inbound_at(src, frame, t, out)
+        if inner is not None:
+            out.append(DeliverFrame(self.tunnel.last_peer, inner))
+
+    def _open_record(self, src: str, frame: bytes, t: float, out: list[Action]) -> tuple[str, bytes] | None:
+        """(peer, plaintext) of a record (PeerData or PeerFrame) from `src`, or None: dropped and
+        counted. The one path for both types: the session by its id, refused for a revoked peer
+        or past its end, the replay window, and a record under the key our handshake is
+        confirming establishes it (the peer sends under it only once established)."""
         try:
-            peer, s = self.by_id[session_id_of(frame)]
-        except (KeyError, TesseraError):
+            peer, s = self.by_id[frame[2:10]]
+        except KeyError:
             self.stats["frames_dropped"] += 1
             if self.announce_nudge.allow(src, t) and self.announce_nudge.allow(None, t):
                 # perhaps we restarted: tell that sender our epoch (per source and in all: a
                 # flood of records from forged MACs must not become a flood of announces)
                 out.append(SendFrame(src, self._announce()))
-            return
-        if peer in self.revoked or s.channel.expired(t):
+            return None
+        if peer in self.revoked or t >= s.channel.not_after:
             self.stats["frames_dropped"] += 1  # expiry per frame: the sweep below runs every sweep_every
-            return
+            return None
         try:
-            data = s.channel.open(frame)
+            data = s.channel.receiver.open(frame)
         except TesseraError as exc:
             s.dropped += 1
             self.stats["frames_dropped"] += 1
+            if self.tunnel is not None and frame[1] == m.PeerFrame.TYPE:
+                self.tunnel.refused(peer, exc)
             if s.dropped <= 3 or s.dropped % 1000 == 0:
                 out.append(Log("frame-dropped", f"from {peer}: {exc.reason} ({s.dropped} dropped)"))
-            return
-        current = self.sessions.get(peer)
-        if not s.confirmed and (current is None or s.established_at > current.established_at):
+            return None
+        if not s.confirmed and ((current := self.sessions.get(peer)) is None
+                                or s.established_at > current.established_at):
             # a record under the key our handshake is confirming: the peer holds it and sends
             # under it (it does only once established), as good as its PeerConfirm
             hs = self.initiating.get(peer)
@@ -1011,7 +1048,7 @@ class Node:
         s.frames_in += 1
         if s.frames_in == 1:
             out.append(Milestone("record", peer))
-        out.append(Deliver(peer, data))
+        return peer, data
 
     def _announce(self) -> bytes:
         return m.PeerAnnounce(self.client.realm, self.device_id, self.epoch).encode()
@@ -1056,6 +1093,7 @@ class Node:
     def _end_sessions(self, peer: str) -> None:
         """Forget every key shared with `peer`: current, retiring and being confirmed."""
         self.sessions.pop(peer, None)
+        self.session_generation += 1
         for sid, (p, _) in list(self.by_id.items()):
             if p == peer:
                 del self.by_id[sid]
@@ -1072,7 +1110,7 @@ class Node:
               and t - self.admission_started > self.timers.admission_timeout):
             why = "no EAP-Success" if self.admission_answered else "no EAP request from the switch"
             self._rejected(PortRejected((self.method or "tls").split("-")[0],
-                                        f"{why} within {self.timers.admission_timeout:.0f} s"), t, out)
+                                        f"{why} within {self.timers.admission_timeout:.0f} s"), t, out, timed_out=True)
         elif self.port is Port.ADMITTING and not self.admission_asked and t >= self.start_resend_at:
             self.start_resends += 1
             self.start_resend_at = t + self.timers.start_resend * 2 ** self.start_resends
@@ -1167,8 +1205,10 @@ class Node:
             "clock_offset": round(self.offset),
             "neighbours": neighbours,
             "sessions": {p: {"session_id": s.channel.session_id.hex(), "expires_in": round(s.channel.not_after - t),
-                             "frames_out": s.frames_out, "frames_in": s.frames_in, "dropped": s.dropped}
+                             "frames_out": s.frames_out, "frames_in": s.frames_in, "dropped": s.dropped,
+                             **({"tunnel": self.tunnel.counters_of(p).as_dict()} if self.tunnel is not None else {})}
                          for p, s in self.sessions.items()},
+            **({"tunnel": self.tunnel.status()} if self.tunnel is not None else {}),
             "handshakes": sorted(set(self.initiating) | {k[0] for k in self.responding}),
             "revoked_peers": sorted(self.revoked),
             **self.stats,
