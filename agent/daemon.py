@@ -24,6 +24,7 @@ is carried out here:
                       thread per request)
     SendFrame       → the packet socket
     Deliver         → the inbox (read over the status socket)
+    DeliverFrame    → the tap (an inner frame that came through node.handle(), not the fast path)
     SaveState       → <state-dir>/state, sealed, 0600, written atomically (tessera.secretfile)
     Log             → one log line (no keys or tickets ever reach a Log action)
     Milestone       → one line of the event stream, when `--events PATH` names one (`EventStream`)
@@ -34,6 +35,16 @@ and the RadSec client read it there as a file): it binds the state to this devic
 a change, but whoever reads the directory has the device key -- enough to register afresh, more
 than the state holds. A second "machine key" on the same disk would add nothing; only a TPM or
 secure element that keeps the device key unexportable would.
+
+The secured link (issue 12): unless `--no-tunnel`, the agent makes the TAP interface `tessera0`
+(agent/tap.py: MTU 1452, MAC `tessera.tunnel.tap_mac`, `--tunnel-address` IPv4/IPv6 addresses;
+it dies with the agent) and its select loop carries frames both ways without a node tick per
+frame: frames the kernel sends on the tap are drained (up to BATCH per wakeup, non-blocking) and
+each goes out as encrypted records (`Tunnel.outbound`); PeerFrame records (type 38) from the
+packet socket are opened by `Tunnel.inbound` and written to the tap, every other frame goes
+through `node.handle()` as before. Each batch holds the node lock once (the RADIUS workers call
+`build()` under it). The tap's carrier is on while at least one peer session exists. Without
+/dev/net/tun the agent says so in its log and runs without the tunnel.
 
 At start the agent restores <state-dir>/state. A file that does not open (truncated, corrupt,
 sealed for another device key) is moved aside to `state.corrupt` with a log line naming why,
@@ -66,15 +77,17 @@ from typing import TYPE_CHECKING
 
 from tessera.agent.l2 import PacketTransport
 from tessera.agent.link import CarrierWatcher, LinkDown as NetLinkDown, LinkUp as NetLinkUp
+from tessera.agent.tap import Tap, TapError, parse_address
 from tessera.agent.supplicant import (EAP_FAILURE, EAP_PROGRESS, EAP_PROPOSED_METHOD, EAP_STARTED, EAP_SUCCESS,
                                       PwdCredentials, Supplicant, TlsCredentials)
 from tessera.device import DeviceClient
 from tessera.errors import MalformedError, TesseraError
 from tessera.identity import RADSEC, BootstrapBundle, DeviceKey
 from tessera.secretfile import write_secret
-from tessera.node import (Deliver, EapProgressed, FrameReceived, IdentityRequested, LinkDown, LinkUp, Log, MethodProposed, Milestone,
+from tessera.node import (Deliver, DeliverFrame, EapProgressed, FrameReceived, IdentityRequested, LinkDown, LinkUp, Log, MethodProposed, Milestone,
                           Node, PortAuthorized, PortRejected, RadiusAnswer, RadiusFailed, RadiusRequest, SaveState,
                           SendFrame, StartAdmission, Timers)
+from tessera.tunnel import Tunnel
 from tessera.radius.client import NoServerAnsweredError, RadiusClient, RejectedError, Server, load_dictionary
 
 if TYPE_CHECKING:  # imported in Agent.__init__ for RadSec bundles only: a UDP agent never loads ssl
@@ -84,6 +97,8 @@ log = logging.getLogger("tessera.agent")
 
 REQUEST_PRIORITY = {"register": 0, "ticket": 0}  # first in the RadSec queue; the rest (1) in turn
 MAX_STATE = 4096  # the sealed state is at most ~2.2 KiB (two tickets of ≤ 1 KiB and three keys)
+BATCH = 256  # frames drained from the packet socket or the tap per wakeup
+PEER_FRAME = 38  # tessera.message.PeerFrame.TYPE: the fast path's test on the type byte
 
 
 def _where(exc: BaseException) -> str:
@@ -118,8 +133,13 @@ KEYS_AT_REST = ("file permissions only: the device key and the state are 0600 fi
 class Agent:
     def __init__(self, ifname: str, bundle: BootstrapBundle, state_dir: str, key_pem: bytes | None = None,
                  cert_pem: bytes | None = None, timers: Timers = Timers(), radius_timeout: float = 0.3,
-                 radius_retries: int = 3, tick: float = 0.1, events: str | None = None):
+                 radius_retries: int = 3, tick: float = 0.1, events: str | None = None,
+                 tunnel: str | None = "tessera0", tunnel_addresses=()):
+        """`tunnel`: the TAP interface's name (None: no tunnel); `tunnel_addresses` its addresses
+        (ipaddress interfaces, see `agent.tap.parse_address`)."""
         self.ifname, self.state_dir, self.tick = ifname, state_dir, tick
+        self.tunnel_name, self.tunnel_addresses = tunnel, tuple(tunnel_addresses)
+        self.tap: Tap | None = None
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         key_pem = key_pem or bundle.device_key_pem
         cert_pem = cert_pem or bundle.device_certificate_pem
@@ -130,6 +150,7 @@ class Agent:
         self.state_path = os.path.join(state_dir, "state")
         self._restore_state()
         self.node = Node(self.client, os.urandom, timers)
+        self.tunnel = Tunnel(self.node) if tunnel else None
         self.lock = threading.Lock()
         # files wpa_supplicant reads for EAP-TLS
         self.tls = TlsCredentials(bundle.device_id, self._file("device.crt", cert_pem), self._file("device.key", key_pem),
@@ -213,6 +234,9 @@ class Agent:
         elif isinstance(a, StartAdmission):
             creds = self.tls if a.method == "tls" else PwdCredentials(a.identity, a.password)
             self.supplicant.set_credentials(creds, restart=True)
+        elif isinstance(a, DeliverFrame):
+            if self.tap is not None:
+                self.tap.write(a.frame)
         elif isinstance(a, Deliver):
             self.inbox.append((time.time(), a.peer, a.data.decode("utf-8", "replace")))
             del self.inbox[:-1000]
@@ -286,6 +310,7 @@ class Agent:
         self.transport = PacketTransport(self.ifname)
         self.node.mac = self.transport.mac  # bound into our hellos and tickets
         self.supplicant = Supplicant(self.ifname, self.tls, self.state_dir, own_starts=False)  # ours: one per try
+        self._open_tap()
         self.status = StatusSocket(os.path.join(self.state_dir, "agent.sock"), self.request)
         log.info("%s: agent on %s (%s), realm %s, servers %s over %s", dev, self.ifname, self.transport.mac,
                  self.client.realm, ", ".join(f"{s.server_id}={s.host}:{s.port}" for s in self.servers),
@@ -296,10 +321,11 @@ class Agent:
                 if isinstance(ev, NetLinkUp):
                     self.feed(LinkUp())
             next_tick = time.monotonic()
+            taps = [self.tap] if self.tap is not None else []
             while self.running:
                 timeout = max(0.0, next_tick - time.monotonic())
                 ready, _, _ = select.select([self.watcher, self.supplicant.mon, self.transport, self.wake_r,
-                                             *self.status.sockets()], [], [], timeout)
+                                             *self.status.sockets(), *taps], [], [], timeout)
                 if self.watcher in ready:
                     for ev in self.watcher.poll(0):
                         if isinstance(ev, NetLinkUp):
@@ -319,11 +345,9 @@ class Agent:
                         elif ev.name in EAP_PROGRESS:
                             self.feed(EapProgressed())  # ... and goes on answering
                 if self.transport in ready:
-                    for _ in range(256):
-                        got = self.transport.recv()
-                        if got is None:
-                            break
-                        self.feed(FrameReceived(*got))
+                    self._drain_wire()
+                if taps and self.tap in ready:
+                    self._drain_tap()
                 if self.wake_r in ready:
                     try:
                         os.read(self.wake_r, 4096)
@@ -335,12 +359,86 @@ class Agent:
                 if time.monotonic() >= next_tick:
                     self.feed(None)
                     next_tick = time.monotonic() + self.tick
+                if taps and self.tap.carrier is not bool(self.node.sessions):
+                    self.tap.set_carrier(bool(self.node.sessions))  # on while a peer session exists
         finally:
             self.close()
         return 0
 
+    # -- the tunnel's data path ----------------------------------------------------------------
+    def _open_tap(self) -> None:
+        """tessera0, or no tunnel (logged) where /dev/net/tun is missing or refuses."""
+        if self.tunnel is None:
+            return
+        dev = self.client.device_id
+        try:
+            self.tap = Tap(self.tunnel_name, self.tunnel.hw, self.tunnel.mtu, self.tunnel_addresses)
+        except (TapError, ValueError) as exc:
+            log.error("%s: no tunnel: %s (running without %s)", dev, getattr(exc, "strerror", None) or exc,
+                      self.tunnel_name)
+            self.node.tunnel = self.tunnel = None
+            return
+        log.info("%s: tunnel %s up (%s, MTU %d%s)", dev, self.tunnel_name, self.tunnel.mac, self.tunnel.mtu,
+                 "".join(f", {a}" for a in self.tunnel_addresses))
+
+    def _send_record(self, dst: str, record: bytes) -> None:
+        """One record to the wire (a later PACKET_MMAP ring replaces this and `_drain_wire`'s recv)."""
+        try:
+            self.transport.send(dst, record)
+        except OSError as exc:  # queue full, carrier gone: lost, as on a link
+            log.debug("send to %s failed: %s", dst, exc)
+
+    def _drain_wire(self) -> None:
+        """Frames waiting on the packet socket: PeerFrame records straight to the tap (no tick per
+        frame: the node's timer runs on its own), everything else through node.handle()."""
+        recv, slow, out = self.transport.recv, [], []
+        tunnel = self.tunnel
+        if tunnel is None:
+            for _ in range(BATCH):
+                got = recv()
+                if got is None:
+                    break
+                self.feed(FrameReceived(*got))
+            return
+        inbound, write = tunnel.inbound_at, self.tap.write
+        try:
+            with self.lock:
+                now = time.time() + self.node.offset  # the node's time, once per batch
+                for _ in range(BATCH):
+                    got = recv()
+                    if got is None:
+                        break
+                    payload = got[1]
+                    if len(payload) > 1 and payload[1] == PEER_FRAME:
+                        inner = inbound(got[0], payload, now, out)
+                        if inner is not None:
+                            write(inner)
+                    else:
+                        slow.append(got)
+        except Exception as exc:  # a bug: log where (never values) and go on
+            log.error("%s: internal error in the tunnel (in): %s", self.client.device_id, _where(exc))
+        if out:
+            self.act(out)
+        for got in slow:
+            self.feed(FrameReceived(*got))
+
+    def _drain_tap(self) -> None:
+        """Frames the kernel sent on the tap: each out as encrypted records to its peer(s)."""
+        read, outbound, send = self.tap.read, self.tunnel.outbound, self._send_record
+        try:
+            with self.lock:
+                now = time.time()
+                for _ in range(BATCH):
+                    frame = read()
+                    if frame is None:
+                        break
+                    for dst, record in outbound(frame, now):
+                        send(dst, record)
+        except Exception as exc:  # a bug: log where (never values) and go on
+            log.error("%s: internal error in the tunnel (out): %s", self.client.device_id, _where(exc))
+
     def close(self) -> None:
-        for obj in (self.supplicant, self.transport, self.watcher, self.status, self.radsec, self.events):
+        for obj in (self.supplicant, self.transport, self.watcher, self.status, self.radsec, self.events, self.tap):
             if obj is not None:
                 try:
                     obj.close()
@@ -547,8 +645,17 @@ def print_status(st: dict) -> None:
         desc = (f"session {s['session_id']} expires in {s['expires_in']} s, {s['frames_out']} out / "
                 f"{s['frames_in']} in / {s['dropped']} dropped") if s else "no session"
         print(f"  peer {peer:<16} {mac}  {desc}")
+        tun = (s or {}).get("tunnel")
+        if tun:
+            print(f"    tunnel: {tun['frames_out']} frames / {tun['bytes_out']} bytes out, {tun['frames_in']} frames / "
+                  f"{tun['bytes_in']} bytes in; dropped: {tun['auth_drops']} not authentic, {tun['replay_drops']} "
+                  f"replayed, {tun.get('spoof_drops', 0)} from another source")
     print(f"  frames dropped {st['frames_dropped']}, failed handshakes {st['handshakes_failed']}, "
           f"hellos over their rate {st.get('hellos_limited', 0)}, first handshakes deferred {st.get('handshakes_deferred', 0)}")
+    if st.get("tunnel"):
+        t = st["tunnel"]
+        print(f"  tunnel {t['mac']} MTU {t['mtu']}: {t['no_session_drops']} frames dropped for want of a session, "
+              f"{t.get('size_drops', 0)} of a wrong size")
     if st.get("revoked_peers"):
         print(f"  revoked by the realm (refused): {', '.join(st['revoked_peers'])}")
     if st.get("keys_at_rest"):
@@ -566,6 +673,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _address(text: str):
+    """An interface address with its prefix (argparse type)."""
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tessera-agent", description="Tessera device agent")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -581,6 +696,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--events", metavar="PATH",
                    help="append milestones (link-up, authorized, registered, ticketed, peered, record) as "
                         "JSON lines to this file or FIFO")
+    r.add_argument("--tunnel-address", action="append", default=[], type=_address, metavar="ADDR/PREFIX",
+                   help="an address of the tunnel interface, IPv4 or IPv6 (repeatable)")
+    r.add_argument("--tunnel-name", default="tessera0", help="the tunnel's TAP interface (default %(default)s)")
+    r.add_argument("--no-tunnel", action="store_true", help="run without the tunnel interface")
     r.add_argument("--debug", action="store_true")
     s = sub.add_parser("status", help="show a running agent's ports, tickets, peers and sessions")
     s.add_argument("--state-dir", required=True)
@@ -608,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
         agent = Agent(a.interface, bundle, a.state_dir,
                       open(a.key, "rb").read() if a.key else None,
                       open(a.certificate, "rb").read() if a.certificate else None,
-                      Timers(announce_every=a.announce_every, revocation_poll=a.revocation_poll), events=a.events)
+                      Timers(announce_every=a.announce_every, revocation_poll=a.revocation_poll), events=a.events,
+                      tunnel=None if a.no_tunnel else a.tunnel_name, tunnel_addresses=a.tunnel_address)
     except (OSError, ValueError, TesseraError) as exc:
         print(f"tessera-agent: {exc}", file=sys.stderr)
         return 1

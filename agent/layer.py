@@ -57,13 +57,15 @@ bind_layers(Ether, Tessera, type=ETHERTYPE)
 bind_layers(CookedLinuxV2, Tessera, proto=ETHERTYPE)  # the lab switch's capture (tessera.lab.capture)
 bind_layers(Tessera, TesseraAnnounce, type=m.PeerAnnounce.TYPE)
 bind_layers(Tessera, TesseraData, type=m.PeerData.TYPE)
+bind_layers(Tessera, TesseraData, type=m.PeerFrame.TYPE)  # same record header: session id, seq
 bind_layers(Tessera, TesseraError, type=m.ErrorMessage.TYPE)
 for _cls in (m.PeerHello, m.PeerTicket, m.PeerFinished):
     bind_layers(Tessera, TesseraHello, type=_cls.TYPE)
 
 
 def summarize(packets) -> dict[str, int]:
-    """Count Tessera frames by message type in a list of packets (e.g. from rdpcap)."""
+    """Count Tessera frames by message type in a list of packets (e.g. from rdpcap): PeerFrame
+    (type 38) counts the tunnel's records, PeerData (35) the agents' own messages."""
     counts: dict[str, int] = {}
     for p in packets:
         if Tessera in p:

@@ -23,6 +23,7 @@ proof (signature or MAC) over `body()` — every byte before it.
     35    PeerData           frame, both ways     AEAD record (record.py)
     36    PeerAnnounce       frame, broadcast     none: a hint that starts a handshake, nothing more
     37    PeerConfirm        frame B→A            confirm MAC of B (B holds the keys: A may send)
+    38    PeerFrame          frame, both ways     AEAD record of one inner Ethernet frame (tessera0, tunnel.py)
 
 Sizes (16-character ids, see tests/unit/test_size.py) all fit one Ethernet frame and a few
 RADIUS attribute instances of ≤ 247 bytes.
@@ -414,6 +415,19 @@ class PeerData(Message):
 
 
 @dataclass(repr=False)
+class PeerFrame(Message):
+    """A PeerData record whose plaintext is one whole inner Ethernet II frame (dst, src,
+    EtherType, payload; no FCS; at least 14 bytes) for the peer's `tessera0` TAP interface.
+    Same layout, keys, IVs, sequence space and replay window as PeerData (record.py)."""
+
+    session_id: bytes
+    seq: int
+    sealed: bytes
+    TYPE = 38
+    FIELDS = (("session_id", "sid"), ("seq", "u64"), ("sealed", "rest"))
+
+
+@dataclass(repr=False)
 class PeerAnnounce(Message):
     """Neighbour discovery: 'device X of realm R is on this segment'. Unauthenticated on
     purpose — it only prompts the lower device id to start a handshake, which authenticates."""
@@ -444,7 +458,7 @@ class PeerConfirm(Message):
 MESSAGES: dict[int, type[Message]] = {
     m.TYPE: m for m in (RegisterRequest, RegisterReply, AuthRequest, TicketReply, RenewRequest,
                         SessionRequest, SessionReply, SignedError, RevocationQuery, RevocationList, ErrorMessage,
-                        PeerHello, PeerTicket, PeerFinished, PeerData, PeerAnnounce, PeerConfirm)
+                        PeerHello, PeerTicket, PeerFinished, PeerData, PeerAnnounce, PeerConfirm, PeerFrame)
 }
 
 

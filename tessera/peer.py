@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from . import kdf, message as m
 from .device import Credentials, DeviceClient
 from .errors import BadProofError, ExpiredError, StateError, WrongPeerError, WrongRealmError, from_code
-from .record import RecordReceiver, RecordSender
+from .record import DATA_WINDOW, RecordReceiver, RecordSender
 from .replay import check_skew
 from .seal import Sealer
 from .service import session_part_aad
@@ -92,7 +92,7 @@ def key_schedule(session_key: bytes, hello: bytes, ticket_body: bytes) -> Keys:
 class Channel:
     """An established peer session: seal and open records, no server involved."""
 
-    def __init__(self, peer: str, keys: Keys, initiator: bool, not_after: int, window: int = 64):
+    def __init__(self, peer: str, keys: Keys, initiator: bool, not_after: int, window: int = DATA_WINDOW):
         self.peer = peer
         self.session_id = keys.session_id
         self.not_after = not_after

@@ -402,14 +402,16 @@ MESSAGES = [
      + u16(2) + id_(B) + u64(T - 5) + id_(A + "-old") + u64(T - 60) + SIG, 64),
     (m.PeerConfirm, dict(realm=REALM, initiator=A, responder=B, initiator_nonce=N16, confirm=MAC),
      header(37) + id_(REALM) + id_(A) + id_(B) + N16 + MAC, 32),
+    (m.PeerFrame, dict(session_id=bytes(range(8)), seq=0x0102030405, sealed=b"\x98" * 30),
+     header(38) + bytes(range(8)) + u64(0x0102030405) + b"\x98" * 30, 0),
 ]
 MSG_IDS = [c.__name__ for c, *_ in MESSAGES]
 
 
 def test_every_message_type_has_a_vector():
-    """docs/layouts.md#messages lists 17 types; each has a case here."""
+    """docs/layouts.md#messages lists 18 types; each has a case here."""
     assert sorted(c.TYPE for c, *_ in MESSAGES) == sorted(m.MESSAGES) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 32, 33, 34,
-                                                                         35, 36, 37]
+                                                                         35, 36, 37, 38]
 
 
 @pytest.mark.parametrize("cls, fields, built, proof_len", MESSAGES, ids=MSG_IDS)
@@ -436,10 +438,11 @@ def test_message_decodes_field_by_field(cls, fields, built, proof_len):
 def test_message_truncated_extended_or_versioned_is_refused(cls, fields, built, proof_len):
     """docs/layouts.md#encodings: short, long (except a trailing `rest`) and version ≠ 1 are refused."""
     assert isinstance(m.decode(built), cls)  # positive control
-    short = built[:17] if cls is m.PeerData else built[:-1]  # PeerData ends in `rest`: cut into its header
+    rest = cls in (m.PeerData, m.PeerFrame)
+    short = built[:17] if rest else built[:-1]  # PeerData and PeerFrame end in `rest`: cut into the header
     with pytest.raises(E.MalformedError):
         m.decode(short)
-    if cls is not m.PeerData:
+    if not rest:
         with pytest.raises(E.MalformedError):
             m.decode(built + b"\x00")
     with pytest.raises(E.UnsupportedVersionError):
