@@ -266,6 +266,12 @@ def checks(aggs: list[Agg]) -> list[Check]:
                      if tcp else ""))
     rtt = _find(aggs, "tunnel", "ICMP echo over tessera0 (one at a time)")
     out.append(Check("added ping RTT over tessera0", rtt.extra.get("added_rtt_ms") if rtt else None, 0.5, True, "ms"))
+    # bench/tunnel.py's steps, each against the agent's default in the same rounds (shown, not judged)
+    for step, label in (("[socket, batch 1]", "1 frame per wakeup ÷ 256"), ("[ring, batch 256]", "rings ÷ socket")):
+        a = _find(aggs, "tunnel", f"iperf3 TCP over tessera0 {step}")
+        vs = a.extra.get("vs_default") or {} if a else {}
+        out.append(Check(f"TCP over tessera0, {label}: Gbit/s", vs.get("gbits")))
+        out.append(Check(f"TCP over tessera0, {label}: agents' CPU per frame", vs.get("cpu_per_frame")))
     # shown, not judged
     out.append(Check("TGT ÷ MIT AS with pre-auth, 1 message (no DB writes)",
                      _ratio(tessera(aggs, "TGT (auth with LLK)"), mit(aggs, MIT_AS1))))

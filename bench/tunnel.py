@@ -25,6 +25,17 @@ tessera0 first, ...), so drift in the machine's load falls on both alike; in a r
 * with ``--udp``: iperf3 UDP, ``--udp-size``-byte datagrams at ``--udp-rate``: datagrams/s
   received and lost.
 
+Steps (``--steps``): the tunnel is measured in several agent configurations in the same run,
+each a step of issue 12's batching: ``WIRE:BATCH[:QLEN]`` is the agents' ``--wire`` (socket:
+one syscall per frame; ring: PACKET_MMAP rings; ring2048: with 2048 RX slots), ``--batch`` (frames taken from the tap or the
+wire per wakeup) and optionally tessera0's txqueuelen (set with ``ip link`` after the agent made
+it). The first step is the agent's default configuration and keeps the rows' plain names
+("iperf3 TCP over tessera0"); each other step is a path of its own, "tessera0 [ring, batch
+256]", with its ratio to the first (Gbit/s, CPU per frame, RTT) printed per round and in its
+rows' ``extra["vs_default"]``. Both agents are restarted (state kept: they re-peer in a second
+or two) whenever the next run needs another configuration; every round runs veth and every step,
+the order reversed every round.
+
 Prints every round, then the median [min - max] of each figure and of the per-round ratios;
 ``--json PATH`` appends rows (bench/measure.py, suite "tunnel"; exchanges `TCP_EXCHANGE`,
 `PING_EXCHANGE`, `UDP_EXCHANGE` with the path's name). ``--stand-in`` measures a
@@ -50,6 +61,7 @@ from tessera.lab import clients as C  # noqa: E402
 from tessera.lab.netns import Lab  # noqa: E402
 
 VETH, TUNNEL = "veth", "tessera0"
+DEFAULT_STEPS = "socket:256,socket:1,ring:256"  # the agent's default first (see agent/daemon.py)
 # the rows' exchange names (stable: bench/suite.py finds its figures by them)
 TCP_EXCHANGE, PING_EXCHANGE = "iperf3 TCP over {}", "ICMP echo over {} (one at a time)"
 UDP_EXCHANGE = "iperf3 UDP over {}"
@@ -70,11 +82,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def rss_mib(pid: int) -> float:
+    """VmRSS of ``pid`` (a packet ring's pages count once the agent touched them), MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
 class Stand:
     """Two device namespaces with both paths; `frames_out` and `agent_pids` only with agents."""
 
-    def __init__(self, lab: Lab, stand_in: bool):
+    def __init__(self, lab: Lab, stand_in: bool, first: tuple[str, int, int | None] | None = None):
         self.lab, self.stand_in, self.rl = lab, stand_in, None
+        self.step = None  # the agents' (wire, batch, txqueuelen) when they were started by configure()
         if stand_in:
             self.ns = [lab.add_ns("d1"), lab.add_ns("d2")]
             lab.add_veth(self.ns[0], "eth0", self.ns[1], "eth0")
@@ -88,7 +107,8 @@ class Stand:
         self.a, self.b = rl.devices
         for d in rl.devices:
             C.ipv6_for_new_links(d.dev.ns)
-            rl.start_agent(d, tunnel=True)
+            rl.start_agent(d, tunnel=True, wire=agent_wire(first[0]) if first else None,
+                           batch=first[1] if first else None)
         for d, peer in ((self.a, self.b), (self.b, self.a)):
             if not rl.wait(lambda d=d, peer=peer: rl.peered(d, [peer.device_id]), 30):
                 sys.exit(f"{d.device_id} did not peer: {rl.status(d)}")
@@ -96,6 +116,33 @@ class Stand:
         self.addr = {VETH: self.b.dev.ip, TUNNEL: C.tunnel_ipv4(self.b.dev.index)}
         if not C.wait_for(lambda: C.icmp_rtts(self.ns[0], self.addr[TUNNEL], 1, timeout=0.5).answered, 15):
             sys.exit("device 1 cannot ping device 2 on tessera0")
+        if first is not None and first[2] is not None:
+            for n in self.ns:
+                lab.run(n, ["ip", "link", "set", "dev", C.TUNNEL_IFNAME, "txqueuelen", str(first[2])])
+        self.step = first
+
+    def configure(self, step: tuple[str, int, int | None] | None) -> None:
+        """Agents running with ``step`` = (wire, batch, txqueuelen or None); None: veth, as is."""
+        if step is None or self.rl is None or step == self.step:
+            return
+        wire, batch, qlen = step
+        rl = self.rl
+        for d in rl.devices:
+            rl.stop_agent(d)
+        for d in rl.devices:
+            rl.start_agent(d, tunnel=True, wire=agent_wire(wire), batch=batch)
+        for d, peer in ((self.a, self.b), (self.b, self.a)):
+            if not rl.wait(lambda d=d, peer=peer: rl.peered(d, [peer.device_id]), 30):
+                sys.exit(f"{d.device_id} did not peer again ({step}): {rl.status(d)}")
+        if qlen is not None:
+            for n in self.ns:
+                self.lab.run(n, ["ip", "link", "set", "dev", C.TUNNEL_IFNAME, "txqueuelen", str(qlen)])
+        if not C.wait_for(lambda: C.icmp_rtts(self.ns[0], self.addr[TUNNEL], 1, timeout=0.5).answered, 15):
+            sys.exit(f"device 1 cannot ping device 2 on tessera0 ({step})")
+        self.step = step
+
+    def dst(self, path: str) -> str:
+        return self.addr[VETH if path == VETH else TUNNEL]
 
     def agent_pids(self) -> list[int]:
         return [] if self.rl is None else [d.agent.pid for d in self.rl.devices]
@@ -108,34 +155,70 @@ class Stand:
 
     def drops(self) -> dict[str, int]:
         """Where frames can be lost on the tunnel path: the kernel's drops on both tessera0 and
-        both eth0, the receivers' auth and replay drops (both directions: data and ACKs)."""
+        both eth0, the receivers' auth and replay drops (both directions: data and ACKs), the
+        agents' packet socket or RX ring (wire_rx) and TX ring (ring_tx) full."""
         out = {"tap": sum(C.link_drops(n, C.TUNNEL_IFNAME) for n in self.ns),
                "eth0": sum(C.link_drops(n, "eth0") for n in self.ns)}
         if self.rl is not None:
             for d, peer in ((self.a, self.b), (self.b, self.a)):
-                t = self.rl.status(d)["sessions"][peer.device_id]["tunnel"]
+                st = self.rl.status(d)
+                t = st["sessions"][peer.device_id]["tunnel"]
                 for k in ("auth_drops", "replay_drops"):
                     out[k] = out.get(k, 0) + t[k]
+                w = st.get("wire", {})  # the agents' packet socket / RX ring full, their TX ring full
+                for k, key in (("wire_rx", "kernel_drops"), ("ring_tx", "tx_full_drops")):
+                    if key in w:
+                        out[k] = out.get(k, 0) + w[key]
         return out
 
 
+def parse_steps(text: str) -> list[tuple[str, int, int | None]]:
+    """``WIRE:BATCH[:QLEN],...`` → [(wire, batch, txqueuelen or None), ...]."""
+    out = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) not in (2, 3) or not (parts[0] == "socket" or parts[0] == "ring"
+                                            or parts[0].startswith("ring") and parts[0][4:].isdigit()):
+            raise ValueError(f"step {item!r}: WIRE:BATCH[:QLEN], WIRE socket, ring or ringRX (RX ring slots)")
+        step = (parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else None)
+        if step[1] < 1 or (step[2] is not None and step[2] < 1) or step in out:
+            raise ValueError(f"step {item!r}: positive numbers, each step once")
+        out.append(step)
+    return out
+
+
+def agent_wire(wire: str) -> str:
+    """A step's WIRE as the agent's --wire: ring2048 → ring:2048."""
+    return wire if wire in ("socket", "ring") else f"ring:{wire[4:]}"
+
+
+def step_name(step: tuple[str, int, int | None], first: bool) -> str:
+    """The path's name: tessera0 for the first (default) step, else tessera0 [what differs]."""
+    if first:
+        return TUNNEL
+    wire, batch, qlen = step
+    return f"{TUNNEL} [{wire.replace('ring', 'ring ').strip()}, batch {batch}" + (f", txqueuelen {qlen}" if qlen else "") + "]"
+
+
 def tcp_run(stand: Stand, path: str, seconds: float, port: int) -> dict:
-    pids = stand.agent_pids() if path == TUNNEL else []
+    tunnel = path != VETH
+    pids = stand.agent_pids() if tunnel else []
     f0, c0 = (stand.frames_out(), cpu_seconds(pids)) if pids else (None, 0.0)
-    d0 = stand.drops() if path == TUNNEL else {}
-    r = C.Iperf3(stand.lab, stand.ns[1], stand.addr[path], port=port, name=f"iperf3-{path}").run_client(
+    d0 = stand.drops() if tunnel else {}
+    r = C.Iperf3(stand.lab, stand.ns[1], stand.dst(path), port=port, name="iperf3").run_client(
         stand.ns[0], seconds)
-    out = {"gbits": r.gbits, "bytes": r.bytes, "seconds": r.seconds, "retransmits": r.retransmits, "mss": r.mss,
+    out = {"rss_mib": None, "gbits": r.gbits, "bytes": r.bytes, "seconds": r.seconds, "retransmits": r.retransmits, "mss": r.mss,
            "mean_rtt_ms": r.mean_rtt_ms, "frames": None, "cpu_us_per_frame": None,
            "drops": {k: v - d0[k] for k, v in stand.drops().items()} if d0 else {}}
     if pids:
         frames, cpu = stand.frames_out() - f0, cpu_seconds(pids) - c0
-        out.update(frames=frames, cpu_us_per_frame=cpu / frames * 1e6 if frames else None)
+        out.update(frames=frames, cpu_us_per_frame=cpu / frames * 1e6 if frames else None,
+                   rss_mib=max(rss_mib(p) for p in pids))
     return out
 
 
 def udp_run(stand: Stand, path: str, seconds: float, rate: str, size: int, port: int) -> dict:
-    r = C.Iperf3(stand.lab, stand.ns[1], stand.addr[path], port=port, name=f"iperf3-udp-{path}").run_client(
+    r = C.Iperf3(stand.lab, stand.ns[1], stand.dst(path), port=port, name="iperf3-udp").run_client(
         stand.ns[0], seconds, udp_bitrate=rate, length=size)
     got = (r.packets or 0) - (r.lost or 0)
     return {"per_second": got / r.seconds if r.seconds else 0.0, "received": got, "lost": r.lost or 0,
@@ -152,9 +235,12 @@ def fmt(s: tuple[float, float, float], f: str = ".3f") -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of one veth and one tessera0 run (default 3)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of one veth and one tessera0 run per step (default 3)")
     ap.add_argument("--seconds", type=float, default=5.0, help="iperf3 run length, s (default 5)")
     ap.add_argument("--pings", type=int, default=200, help="ICMP echoes per path per round (default 200)")
+    ap.add_argument("--steps", default=DEFAULT_STEPS,
+                    help="agent configurations WIRE:BATCH[:QLEN], comma-separated, the agent's default first "
+                         "(default %(default)s)")
     ap.add_argument("--udp", action="store_true", help="also small-UDP datagrams/s (iperf3 -u)")
     ap.add_argument("--udp-rate", default="100M", help="UDP offered rate, iperf3 -b (default 100M)")
     ap.add_argument("--udp-size", type=int, default=64, help="UDP payload bytes, iperf3 -l (default 64)")
@@ -164,58 +250,99 @@ def main() -> int:
     args = ap.parse_args()
     if args.rounds < 1 or args.seconds <= 0 or args.pings < 1:
         ap.error("--rounds, --seconds and --pings must be positive")
-    tcp: dict[str, list[dict]] = {VETH: [], TUNNEL: []}
-    rtt: dict[str, list[C.RttStats]] = {VETH: [], TUNNEL: []}
-    udp: dict[str, list[dict]] = {VETH: [], TUNNEL: []}
-    system = STAND_IN if args.stand_in else SYSTEM
+    try:
+        steps = [None] if args.stand_in else parse_steps(args.steps)
+    except ValueError as exc:
+        ap.error(str(exc))
+    paths = [VETH] + [TUNNEL if st is None else step_name(st, i == 0) for i, st in enumerate(steps)]
+    step_of = dict(zip(paths[1:], steps))
+    tcp: dict[str, list[dict]] = {p: [] for p in paths}
+    rtt: dict[str, list[C.RttStats]] = {p: [] for p in paths}
+    udp: dict[str, list[dict]] = {p: [] for p in paths}
+    system = dict(STAND_IN if args.stand_in else SYSTEM)
+    for p in paths[2:]:
+        wire, batch, qlen = step_of[p]
+        system[p] = (f"{SYSTEM[TUNNEL]}; agents --wire {wire} --batch {batch}"
+                     + (f", tessera0 txqueuelen {qlen}" if qlen else ""))
+    if not args.stand_in:
+        wire, batch, qlen = steps[0]
+        system[TUNNEL] = (f"{SYSTEM[TUNNEL]}; agents --wire {wire} --batch {batch}"
+                          + (f", tessera0 txqueuelen {qlen}" if qlen else ""))
     suite = "tunnel-stand-in" if args.stand_in else "tunnel"  # never taken for the tunnel's figures
+    width = max(len(p) for p in paths)
     with Lab() as lab:
-        stand = Stand(lab, args.stand_in)
+        stand = Stand(lab, args.stand_in, steps[0])
         print(f"{args.rounds} rounds, iperf3 TCP {args.seconds:g} s, {args.pings} echoes per path"
               f"{f', UDP {args.udp_size} B at {args.udp_rate}' if args.udp else ''}; order reversed every round")
         for name in (VETH, TUNNEL):
             mtu = C.link_mtu(stand.ns[0], "eth0" if name == VETH else C.TUNNEL_IFNAME)
             print(f"  {name:<8} {system[name]} (MTU {mtu})")
+        for p in paths[2:]:
+            print(f"  {p}: {system[p]}")
         for r in range(args.rounds):
-            order = (VETH, TUNNEL) if r % 2 == 0 else (TUNNEL, VETH)
+            order = paths if r % 2 == 0 else paths[::-1]
             for i, name in enumerate(order):
+                stand.configure(step_of.get(name))
                 t = tcp_run(stand, name, args.seconds, 5201 + i)
                 tcp[name].append(t)
-                cpu = (f"; agents' CPU {t['cpu_us_per_frame']:.1f} µs per tunnel frame ({t['frames']:,} frames)"
-                       if t["cpu_us_per_frame"] is not None else "")
+                cpu = (f"; agents' CPU {t['cpu_us_per_frame']:.1f} µs per tunnel frame ({t['frames']:,} frames), "
+                       f"RSS {t['rss_mib']:.1f} MiB" if t["cpu_us_per_frame"] is not None else "")
                 drops = (", drops " + ", ".join(f"{k} {v}" for k, v in t["drops"].items())) if t["drops"] else ""
-                print(f"round {r + 1} TCP  {name:<8} {t['gbits']:7.3f} Gbit/s, {t['retransmits']} retransmits, "
+                print(f"round {r + 1} TCP  {name:<{width}} {t['gbits']:7.3f} Gbit/s, {t['retransmits']} retransmits, "
                       f"MSS {t['mss']}, mean RTT {t['mean_rtt_ms']} ms{cpu}{drops}")
-            for name in order:
-                s = C.icmp_rtts(stand.ns[0], stand.addr[name], args.pings, interval=0.002)
+                s = C.icmp_rtts(stand.ns[0], stand.dst(name), args.pings, interval=0.002)
                 rtt[name].append(s)
-                print(f"round {r + 1} ping {name:<8} {s.answered}/{s.sent} answered, avg "
+                print(f"round {r + 1} ping {name:<{width}} {s.answered}/{s.sent} answered, avg "
                       f"{s.avg_ms if s.avg_ms is None else round(s.avg_ms, 3)} ms, median "
                       f"{s.median_ms if s.median_ms is None else round(s.median_ms, 3)} ms, min "
                       f"{s.min_ms if s.min_ms is None else round(s.min_ms, 3)} ms")
-            if args.udp:
-                for i, name in enumerate(order):
+                if args.udp:
                     u = udp_run(stand, name, args.seconds, args.udp_rate, args.udp_size, 5211 + i)
                     udp[name].append(u)
-                    print(f"round {r + 1} UDP  {name:<8} {u['per_second']:>10,.0f} datagrams/s received, "
+                    print(f"round {r + 1} UDP  {name:<{width}} {u['per_second']:>10,.0f} datagrams/s received, "
                           f"{u['lost']:,} of {u['sent']:,} lost")
-            tv, tt = tcp[VETH][-1], tcp[TUNNEL][-1]
-            rv, rt = rtt[VETH][-1], rtt[TUNNEL][-1]
-            added = (rt.avg_ms - rv.avg_ms) if rt.avg_ms is not None and rv.avg_ms is not None else None
-            print(f"round {r + 1} tessera0 / veth TCP {tt['gbits'] / max(tv['gbits'], 1e-9):.3f}; added RTT "
-                  f"{'n/a' if added is None else f'{added:.3f} ms'}")
-    ratios = [t["gbits"] / max(v["gbits"], 1e-9) for v, t in zip(tcp[VETH], tcp[TUNNEL])]
-    both = [(v, t) for v, t in zip(rtt[VETH], rtt[TUNNEL]) if t.avg_ms is not None and v.avg_ms is not None]
-    added = [t.avg_ms - v.avg_ms for v, t in both]
-    added_median = [t.median_ms - v.median_ms for v, t in both]
+            tv, rv = tcp[VETH][-1], rtt[VETH][-1]
+            for p in paths[1:]:
+                tt, rt = tcp[p][-1], rtt[p][-1]
+                added = (rt.avg_ms - rv.avg_ms) if rt.avg_ms is not None and rv.avg_ms is not None else None
+                vs = ""
+                if p != TUNNEL:
+                    d = tcp[TUNNEL][-1]
+                    vs = f"; / {TUNNEL}: TCP {tt['gbits'] / max(d['gbits'], 1e-9):.3f}"
+                    if tt["cpu_us_per_frame"] and d["cpu_us_per_frame"]:
+                        vs += f", CPU per frame {tt['cpu_us_per_frame'] / d['cpu_us_per_frame']:.3f}"
+                print(f"round {r + 1} {p} / veth TCP {tt['gbits'] / max(tv['gbits'], 1e-9):.3f}; added RTT "
+                      f"{'n/a' if added is None else f'{added:.3f} ms'}{vs}")
+
+    def ratio_to_veth(p):
+        return [t["gbits"] / max(v["gbits"], 1e-9) for v, t in zip(tcp[VETH], tcp[p])]
+
+    def added_rtt(p, key):
+        return [getattr(t, key) - getattr(v, key) for v, t in zip(rtt[VETH], rtt[p])
+                if getattr(t, key) is not None and getattr(v, key) is not None]
+
     print("\nmedian [min – max] over rounds")
     rows = []
-    for name in (VETH, TUNNEL):
+    for name in paths:
         g = spread([t["gbits"] for t in tcp[name]])
         retr = sum(t["retransmits"] or 0 for t in tcp[name])
         cpus = [t["cpu_us_per_frame"] for t in tcp[name] if t["cpu_us_per_frame"] is not None]
-        print(f"TCP  {name:<8} {fmt(g)} Gbit/s, {retr} retransmits in all, MSS {sorted({t['mss'] for t in tcp[name]})}"
+        print(f"TCP  {name:<{width}} {fmt(g)} Gbit/s, {retr} retransmits in all, MSS {sorted({t['mss'] for t in tcp[name]})}"
               + (f", agents' CPU {fmt(spread(cpus), '.1f')} µs per tunnel frame" if cpus else ""))
+        ratios, vs = ratio_to_veth(name), {}
+        if name not in (VETH, TUNNEL):  # a step against the default configuration, round by round
+            gr = [t["gbits"] / max(d["gbits"], 1e-9) for d, t in zip(tcp[TUNNEL], tcp[name])]
+            cr = [t["cpu_us_per_frame"] / d["cpu_us_per_frame"] for d, t in zip(tcp[TUNNEL], tcp[name])
+                  if t["cpu_us_per_frame"] and d["cpu_us_per_frame"]]
+            ar = [t.avg_ms - d.avg_ms for d, t in zip(rtt[TUNNEL], rtt[name])
+                  if t.avg_ms is not None and d.avg_ms is not None]
+            vs = {"gbits": statistics.median(gr), "gbits_range": [min(gr), max(gr)],
+                  "cpu_per_frame": statistics.median(cr) if cr else None,
+                  "cpu_per_frame_range": [min(cr), max(cr)] if cr else None,
+                  "rtt_avg_minus_ms": statistics.median(ar) if ar else None}
+            print(f"     {'':<{width}} / {TUNNEL}: TCP {fmt(spread(gr))}"
+                  + (f", CPU per frame {fmt(spread(cr))}" if cr else "")
+                  + (f", ping avg {statistics.median(ar):+.3f} ms" if ar else ""))
         rows.append(Row(
             suite=suite, system=system[name], exchange=TCP_EXCHANGE.format(name),
             count=len(tcp[name]), failed=sum(1 for t in tcp[name] if not t["bytes"]),
@@ -227,14 +354,19 @@ def main() -> int:
                    "mss": sorted({t["mss"] for t in tcp[name]}), "bytes": sum(t["bytes"] for t in tcp[name]),
                    "mean_rtt_ms": [t["mean_rtt_ms"] for t in tcp[name]],
                    "drops_per_round": [t["drops"] for t in tcp[name]],
+                   "agent_rss_mib": [t.get("rss_mib") for t in tcp[name]],
                    "server_cpu_us": "both agents' CPU per tunnel frame sent (tessera0 only)",
+                   **({"step": list(step_of[name])} if step_of.get(name) else {}),
+                   **({"vs_default": vs} if vs else {}),
                    **({"ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
-                      if name == TUNNEL else {})}))
+                      if name != VETH else {})}))
         answered = [s for s in rtt[name] if s.avg_ms is not None]
         avg = spread([s.avg_ms for s in answered]) if answered else None
         med = spread([s.median_ms for s in answered]) if answered else None
-        print(f"ping {name:<8} avg {fmt(avg) if avg else 'n/a'} ms, median {fmt(med) if med else 'n/a'} ms, "
-              f"{sum(s.answered for s in rtt[name])}/{sum(s.sent for s in rtt[name])} answered")
+        added, added_median = added_rtt(name, "avg_ms"), added_rtt(name, "median_ms")
+        print(f"ping {name:<{width}} avg {fmt(avg) if avg else 'n/a'} ms, median {fmt(med) if med else 'n/a'} ms, "
+              f"{sum(s.answered for s in rtt[name])}/{sum(s.sent for s in rtt[name])} answered"
+              + (f"; added (avg - veth avg) {fmt(spread(added))} ms" if name != VETH and added else ""))
         rows.append(Row(
             suite=suite, system=system[name], exchange=PING_EXCHANGE.format(name),
             count=sum(s.answered for s in rtt[name]), failed=sum(s.sent - s.answered for s in rtt[name]),
@@ -243,23 +375,22 @@ def main() -> int:
                    "min_ms": min(s.min_ms for s in answered) if answered else None,
                    **({"added_rtt_ms": statistics.median(added), "added_rtt_ms_range": [min(added), max(added)],
                        "added_rtt_median_ms": statistics.median(added_median)}
-                      if name == TUNNEL and added else {})}))
+                      if name != VETH and added else {})}))
         if args.udp:
             u = spread([x["per_second"] for x in udp[name]])
-            print(f"UDP  {name:<8} {fmt(u, ',.0f')} datagrams/s of {args.udp_size} B received")
+            print(f"UDP  {name:<{width}} {fmt(u, ',.0f')} datagrams/s of {args.udp_size} B received")
             rows.append(Row(
                 suite=suite, system=system[name], exchange=UDP_EXCHANGE.format(name),
                 count=sum(x["received"] for x in udp[name]), failed=sum(x["lost"] for x in udp[name]),
                 seconds=sum(x["seconds"] for x in udp[name]), per_second=u[0], load1=load1(),
                 extra={"per_second_range": [u[1], u[2]], "offered": args.udp_rate, "size": args.udp_size}))
-    print(f"tessera0 / veth TCP per round: {fmt(spread(ratios))}")
-    if added:
-        print(f"added RTT (tessera0 avg - veth avg) per round: {fmt(spread(added))} ms; "
-              f"by medians {fmt(spread(added_median))} ms")
+    for p in paths[1:]:
+        print(f"{p} / veth TCP per round: {fmt(spread(ratio_to_veth(p)))}")
     if args.stand_in:
         print("(--stand-in: plain veth, not the tunnel: these are no figures of tessera0)")
     append_rows(args.json, rows)
-    if any(not t["bytes"] for t in tcp[TUNNEL]) or not any(s.answered for s in rtt[TUNNEL]):
+    if any(not t["bytes"] for p in paths[1:] for t in tcp[p]) or not all(any(s.answered for s in rtt[p])
+                                                                         for p in paths[1:]):
         print("FAILED: tessera0 moved no data or answered no echo", file=sys.stderr)
         return 1
     return 0

@@ -419,10 +419,12 @@ class RealmLab:
         return ev
 
     def start_agent(self, d: LabDevice, announce_every: float = 0.5, revocation_poll: float = 5.0,
-                    events: AgentEvents | None = None, tunnel: bool = False) -> Proc:
+                    events: AgentEvents | None = None, tunnel: bool = False, wire: str | None = None,
+                    batch: int | None = None) -> Proc:
         """Start d's tessera-agent; with `events`, it writes its milestones to that FIFO; with
         `tunnel`, its tessera0 gets 198.51.100.k/24 and 2001:db8:100::k/64 (k = d.dev.index),
-        without it the agent runs with --no-tunnel."""
+        without it the agent runs with --no-tunnel. `wire` ("socket"/"ring") and `batch` are the
+        agent's --wire and --batch (None: its defaults)."""
         k = d.dev.index
         tun = (["--tunnel-address", f"198.51.100.{k}/24", "--tunnel-address", f"2001:db8:100::{k:x}/64"]
                if tunnel else ["--no-tunnel"])
@@ -430,6 +432,7 @@ class RealmLab:
                                  [str(AGENT), "run", "-i", "eth0", "--bundle", str(d.dir / "bundle.json"),
                                   "--state-dir", d.state_dir, "--announce-every", str(announce_every),
                                   "--revocation-poll", str(revocation_poll), *tun,
+                                  *(["--wire", wire] if wire else []), *(["--batch", str(batch)] if batch else []),
                                   *(["--events", str(events.path)] if events is not None else [])])
         deadline = time.monotonic() + 15
         while not os.path.exists(os.path.join(d.state_dir, "agent.sock")):
