@@ -43,8 +43,18 @@ frame: frames the kernel sends on the tap are drained (up to BATCH per wakeup, n
 each goes out as encrypted records (`Tunnel.outbound`); PeerFrame records (type 38) from the
 packet socket are opened by `Tunnel.inbound` and written to the tap, every other frame goes
 through `node.handle()` as before. Each batch holds the node lock once (the RADIUS workers call
-`build()` under it). The tap's carrier is on while at least one peer session exists. Without
-/dev/net/tun the agent says so in its log and runs without the tunnel.
+`build()` under it). `--batch N` sets the frames per wakeup (1: the unbatched loop, for
+measuring). `--wire ring` replaces the packet socket with PACKET_MMAP rings (agent/ring.py): a
+batch is received without a syscall per frame, and the records of one tap batch are queued in the
+TX ring and handed to the kernel with one kick at its end (leftovers, when a kick met a full send
+buffer, go when the socket is writable or at the next tick); the node's own frames (announces,
+handshakes) use the same transport. `status` shows the transport, the batch and the kernel's
+frame and drop counts ("wire"). The tap's carrier is on while at least one peer session exists.
+Fail closed: before the tap, an nftables guard (agent/guard.py) keeps the tunnel's addresses and
+prefixes off every other interface, and outlives a crash; with `--tunnel-address` given, a tap
+or guard that cannot be made ends the agent (exit 1), as does a tap that goes away later (the
+service manager starts it again). With no tunnel address, a missing /dev/net/tun is logged and
+the agent runs without the tunnel.
 
 At start the agent restores <state-dir>/state. A file that does not open (truncated, corrupt,
 sealed for another device key) is moved aside to `state.corrupt` with a log line naming why,
@@ -77,7 +87,7 @@ from typing import TYPE_CHECKING
 
 from tessera.agent.l2 import PacketTransport
 from tessera.agent.link import CarrierWatcher, LinkDown as NetLinkDown, LinkUp as NetLinkUp
-from tessera.agent.tap import Tap, TapError, parse_address
+from tessera.agent.tap import Tap, TapError, TapGone, parse_address
 from tessera.agent.supplicant import (EAP_FAILURE, EAP_PROGRESS, EAP_PROPOSED_METHOD, EAP_STARTED, EAP_SUCCESS,
                                       PwdCredentials, Supplicant, TlsCredentials)
 from tessera.device import DeviceClient
@@ -97,7 +107,19 @@ log = logging.getLogger("tessera.agent")
 
 REQUEST_PRIORITY = {"register": 0, "ticket": 0}  # first in the RadSec queue; the rest (1) in turn
 MAX_STATE = 4096  # the sealed state is at most ~2.2 KiB (two tickets of ≤ 1 KiB and three keys)
-BATCH = 256  # frames drained from the packet socket or the tap per wakeup
+BATCH = 256  # frames drained from the packet socket or the tap per wakeup (`--batch`)
+WIRES = ("socket", "ring")  # `--wire`: agent.l2.PacketTransport or agent.ring.RingTransport
+# The default is the socket. bench/tunnel.py, TCP over tessera0, 3 rounds alternated in one run
+# (2 cores): the rings move 1.14x the socket's Gbit/s (0.995 vs 0.874) at 0.87x its CPU per
+# frame (14.3 vs 16.5 us, both agents), but their 2.5 MiB are mapped into the agent from the
+# start (RSS 40.0 vs 37.4 MiB) for every agent of a 150-device lab, while the socket's buffer
+# costs memory only while frames wait in it; the socket alone already meets the 0.5 Gbit/s target.
+# The ring transport's geometry (2048-byte slots, 32 per 64 KiB block): 1024 RX + 256 TX slots =
+# 2.5 MiB of kernel memory per agent, allocated up front (150 agents: 375 MiB), where the socket's
+# 8 MiB receive buffer is only a limit. bench/tunnel.py: with 512 RX slots a TCP flow over
+# tessera0 overflowed the receiver's ring (one drop per retransmit, ~3,500 in 3 s), with 1024
+# about 100 in 3 s, with 2048 none (and tap queue drops instead, as with the socket).
+RING_RX_FRAMES, RING_TX_FRAMES = 1024, 256
 PEER_FRAME = 38  # tessera.message.PeerFrame.TYPE: the fast path's test on the type byte
 
 
@@ -134,9 +156,23 @@ class Agent:
     def __init__(self, ifname: str, bundle: BootstrapBundle, state_dir: str, key_pem: bytes | None = None,
                  cert_pem: bytes | None = None, timers: Timers = Timers(), radius_timeout: float = 0.3,
                  radius_retries: int = 3, tick: float = 0.1, events: str | None = None,
-                 tunnel: str | None = "tessera0", tunnel_addresses=()):
+                 tunnel: str | None = "tessera0", tunnel_addresses=(), wire: str = "socket", batch: int = BATCH,
+                 ring_rx: int = RING_RX_FRAMES):
         """`tunnel`: the TAP interface's name (None: no tunnel); `tunnel_addresses` its addresses
-        (ipaddress interfaces, see `agent.tap.parse_address`)."""
+        (ipaddress interfaces, see `agent.tap.parse_address`). `wire`: "socket" (a plain packet
+        socket, one syscall per frame) or "ring" (PACKET_MMAP rings: a batch received without a
+        syscall per frame, a batch sent with one kick); `batch`: frames taken from the tap or the
+        wire per wakeup (1 measures the unbatched loop); `ring_rx`: the RX ring's slots (2 KiB each,
+        a multiple of 32)."""
+        if wire not in WIRES:
+            raise ValueError(f"wire {wire!r}: one of {', '.join(WIRES)}")
+        if not 1 <= batch <= 4096:
+            raise ValueError(f"batch {batch}: between 1 and 4096 frames")
+        if ring_rx < 32 or ring_rx % 32:
+            raise ValueError(f"ring of {ring_rx} frames: a positive multiple of 32")
+        self.wire, self.batch, self.ring_rx = wire, batch, ring_rx
+        self._flush_ok = True  # the last kick of the TX ring went through (else: retried on the tick)
+        self._wire_seen = self._wire_dropped = 0  # the kernel's PACKET_STATISTICS, summed
         self.ifname, self.state_dir, self.tick = ifname, state_dir, tick
         self.tunnel_name, self.tunnel_addresses = tunnel, tuple(tunnel_addresses)
         self.tap: Tap | None = None
@@ -177,6 +213,7 @@ class Agent:
         os.set_blocking(self.wake_r, False)
         self.inbox: list[tuple[float, str, str]] = []
         self.running = True
+        self.exit_code = 0  # run() returns it: 1 when the tunnel's tap went away (_tap_gone)
         self.watcher = self.transport = self.supplicant = self.status = None
 
     def _restore_state(self) -> None:
@@ -235,8 +272,11 @@ class Agent:
             creds = self.tls if a.method == "tls" else PwdCredentials(a.identity, a.password)
             self.supplicant.set_credentials(creds, restart=True)
         elif isinstance(a, DeliverFrame):
-            if self.tap is not None:
-                self.tap.write(a.frame)
+            if self.tap is not None and not self.tap.gone:
+                try:
+                    self.tap.write(a.frame)
+                except TapGone as exc:
+                    self._tap_gone(exc)
         elif isinstance(a, Deliver):
             self.inbox.append((time.time(), a.peer, a.data.decode("utf-8", "replace")))
             del self.inbox[:-1000]
@@ -283,6 +323,7 @@ class Agent:
             if cmd == "status":
                 out = self.node.status(time.time())
                 out["keys_at_rest"] = KEYS_AT_REST.format(dir=self.state_dir)
+                out["wire"] = self._wire_status()
             elif cmd == "send":
                 peer, data = req.get("peer"), req.get("data")
                 if not isinstance(peer, str) or not isinstance(data, str):
@@ -307,12 +348,19 @@ class Agent:
     def run(self) -> int:
         dev = self.client.device_id
         self.watcher = CarrierWatcher([self.ifname])
-        self.transport = PacketTransport(self.ifname)
+        if self.wire == "ring":
+            from tessera.agent.ring import RingTransport  # only where asked for: mmap rings
+            self.transport = RingTransport(self.ifname, rx_frames=self.ring_rx, tx_frames=RING_TX_FRAMES)
+        else:
+            self.transport = PacketTransport(self.ifname)
+        ring = self.wire == "ring"
         self.node.mac = self.transport.mac  # bound into our hellos and tickets
         self.supplicant = Supplicant(self.ifname, self.tls, self.state_dir, own_starts=False)  # ours: one per try
         self._open_tap()
         self.status = StatusSocket(os.path.join(self.state_dir, "agent.sock"), self.request)
-        log.info("%s: agent on %s (%s), realm %s, servers %s over %s", dev, self.ifname, self.transport.mac,
+        log.info("%s: agent on %s (%s, %s), realm %s, servers %s over %s", dev, self.ifname, self.transport.mac,
+                 f"{self.wire}{f' of {self.ring_rx} + {RING_TX_FRAMES} frames' if self.wire == 'ring' else ''}, "
+                 f"batch {self.batch}",
                  self.client.realm, ", ".join(f"{s.server_id}={s.host}:{s.port}" for s in self.servers),
                  "RadSec (TLS, device certificate)" if self.radsec else "UDP (shared secret)")
         trim_heap()
@@ -323,9 +371,15 @@ class Agent:
             next_tick = time.monotonic()
             taps = [self.tap] if self.tap is not None else []
             while self.running:
+                if taps and self.tap.gone:
+                    taps = []  # _tap_gone ends the loop: nothing more to wait on there
                 timeout = max(0.0, next_tick - time.monotonic())
-                ready, _, _ = select.select([self.watcher, self.supplicant.mon, self.transport, self.wake_r,
-                                             *self.status.sockets(), *taps], [], [], timeout)
+                # frames left in the TX ring (a kick met a full send buffer): flushed when writable
+                wl = [self.transport] if ring and self._flush_ok and self.transport.tx_pending() else []
+                ready, writable, _ = select.select([self.watcher, self.supplicant.mon, self.transport, self.wake_r,
+                                                    *self.status.sockets(), *taps], wl, [], timeout)
+                if writable:
+                    self._flush()
                 if self.watcher in ready:
                     for ev in self.watcher.poll(0):
                         if isinstance(ev, NetLinkUp):
@@ -359,55 +413,125 @@ class Agent:
                 if time.monotonic() >= next_tick:
                     self.feed(None)
                     next_tick = time.monotonic() + self.tick
+                    if ring:
+                        self._flush_ok = True
+                        self._flush()
                 if taps and self.tap.carrier is not bool(self.node.sessions):
                     self.tap.set_carrier(bool(self.node.sessions))  # on while a peer session exists
         finally:
             self.close()
-        return 0
+        return self.exit_code
 
     # -- the tunnel's data path ----------------------------------------------------------------
     def _open_tap(self) -> None:
-        """tessera0, or no tunnel (logged) where /dev/net/tun is missing or refuses."""
+        """tessera0 behind its nftables guard (agent/guard.py), or: with `--tunnel-address` given,
+        a tunnel that cannot be made (or guarded) ends the agent (SystemExit, non-zero: systemd
+        restarts it; the guard, if made, stays and keeps the tunnel's prefixes off eth0); with no
+        addresses, no tunnel (logged) where /dev/net/tun is missing or refuses."""
         if self.tunnel is None:
             return
         dev = self.client.device_id
         try:
+            if self.tunnel_addresses:
+                from tessera.agent.guard import Guard  # before the tap: no moment without it
+                self.guard = Guard(self.tunnel_name, self.tunnel_addresses)
+                self.guard.install()
             self.tap = Tap(self.tunnel_name, self.tunnel.hw, self.tunnel.mtu, self.tunnel_addresses)
-        except (TapError, ValueError) as exc:
-            log.error("%s: no tunnel: %s (running without %s)", dev, getattr(exc, "strerror", None) or exc,
-                      self.tunnel_name)
+        except (OSError, ValueError) as exc:  # TapError, GuardError
+            why = getattr(exc, "strerror", None) or exc
+            if self.tunnel_addresses:
+                log.error("%s: tunnel %s failed: %s; exiting (its addresses %s are not served in clear)", dev,
+                          self.tunnel_name, why, ", ".join(map(str, self.tunnel_addresses)))
+                self.close()
+                raise SystemExit(f"tessera-agent: tunnel {self.tunnel_name}: {why}") from None
+            log.error("%s: no tunnel: %s (running without %s)", dev, why, self.tunnel_name)
             self.node.tunnel = self.tunnel = None
             return
         log.info("%s: tunnel %s up (%s, MTU %d%s)", dev, self.tunnel_name, self.tunnel.mac, self.tunnel.mtu,
                  "".join(f", {a}" for a in self.tunnel_addresses))
 
     def _send_record(self, dst: str, record: bytes) -> None:
-        """One record to the wire (a later PACKET_MMAP ring replaces this and `_drain_wire`'s recv)."""
+        """One record to the wire: the socket sends it now; the ring queues it (`_flush` sends
+        the batch with one kick at the end of the wakeup)."""
         try:
-            self.transport.send(dst, record)
+            if self.wire == "ring":
+                if not self.transport.queue(dst, record):  # TX ring full: kick, wait for a slot
+                    self.transport.send_batch([(dst, record)])  # counts tx_full_drops if none frees up
+            else:
+                self.transport.send(dst, record)
         except OSError as exc:  # queue full, carrier gone: lost, as on a link
+            if self.tunnel is not None:
+                self.tunnel.send_failures += 1  # shown in status
             log.debug("send to %s failed: %s", dst, exc)
+
+    def _flush(self) -> None:
+        """Hand the TX ring's queued frames to the kernel (one kick). A kick that fails (the link
+        went down) leaves them queued; the loop stops waiting for writability until the tick."""
+        t = self.transport
+        if not t.tx_pending():
+            return
+        errors = t.counters.tx_errors
+        try:
+            t.flush()
+        except OSError as exc:
+            log.debug("flush to %s failed: %s", self.ifname, exc)
+            self._flush_ok = False
+            return
+        self._flush_ok = t.counters.tx_errors == errors
+
+    def _wire_status(self) -> dict:
+        """The port's transport for `status`: its kind, the batch, frames the kernel queued for us
+        and dropped (socket buffer or RX ring full), and the ring's own counters."""
+        out: dict = {"transport": self.wire, "batch": self.batch}
+        t = self.transport
+        if t is None or not hasattr(t, "stats"):  # not started yet, or an in-memory wire (tests)
+            return out
+        try:
+            seen, dropped = t.stats()  # since the last call: summed here
+            self._wire_seen += seen
+            self._wire_dropped += dropped
+        except OSError:
+            pass
+        out.update(frames=self._wire_seen, kernel_drops=self._wire_dropped)
+        if self.wire == "ring":
+            out.update(t.counters.as_dict())
+        return out
+
+    def _wire_batch(self) -> list:
+        """Up to `batch` frames waiting on the wire."""
+        if self.wire == "ring":
+            return self.transport.recv_batch(self.batch)
+        recv, got = self.transport.recv, []
+        for _ in range(self.batch):
+            one = recv()
+            if one is None:
+                break
+            got.append(one)
+        return got
+
+    def _tap_gone(self, exc: TapGone) -> None:
+        """The tap went away under us (deleted, its fd broken): say so once and end the agent
+        with exit status 1, so that its service manager starts it again with a fresh tap; the
+        nftables guard stays meanwhile (close() keeps it when the tap is gone)."""
+        if self.exit_code == 0:
+            log.error("%s: tunnel %s gone (%s): stopping, to be restarted with a new one", self.client.device_id,
+                      self.tunnel_name, exc)
+        self.exit_code, self.running = 1, False
 
     def _drain_wire(self) -> None:
         """Frames waiting on the packet socket: PeerFrame records straight to the tap (no tick per
         frame: the node's timer runs on its own), everything else through node.handle()."""
-        recv, slow, out = self.transport.recv, [], []
+        slow, out = [], []
         tunnel = self.tunnel
         if tunnel is None:
-            for _ in range(BATCH):
-                got = recv()
-                if got is None:
-                    break
+            for got in self._wire_batch():
                 self.feed(FrameReceived(*got))
             return
         inbound, write = tunnel.inbound_at, self.tap.write
         try:
             with self.lock:
                 now = time.time() + self.node.offset  # the node's time, once per batch
-                for _ in range(BATCH):
-                    got = recv()
-                    if got is None:
-                        break
+                for got in self._wire_batch():
                     payload = got[1]
                     if len(payload) > 1 and payload[1] == PEER_FRAME:
                         inner = inbound(got[0], payload, now, out)
@@ -415,6 +539,8 @@ class Agent:
                             write(inner)
                     else:
                         slow.append(got)
+        except TapGone as exc:
+            self._tap_gone(exc)
         except Exception as exc:  # a bug: log where (never values) and go on
             log.error("%s: internal error in the tunnel (in): %s", self.client.device_id, _where(exc))
         if out:
@@ -423,19 +549,24 @@ class Agent:
             self.feed(FrameReceived(*got))
 
     def _drain_tap(self) -> None:
-        """Frames the kernel sent on the tap: each out as encrypted records to its peer(s)."""
+        """Frames the kernel sent on the tap: each out as encrypted records to its peer(s); with
+        the ring, the whole batch goes to the kernel with one kick at the end."""
         read, outbound, send = self.tap.read, self.tunnel.outbound, self._send_record
         try:
             with self.lock:
                 now = time.time()
-                for _ in range(BATCH):
+                for _ in range(self.batch):
                     frame = read()
                     if frame is None:
                         break
                     for dst, record in outbound(frame, now):
                         send(dst, record)
+        except TapGone as exc:
+            self._tap_gone(exc)
         except Exception as exc:  # a bug: log where (never values) and go on
             log.error("%s: internal error in the tunnel (out): %s", self.client.device_id, _where(exc))
+        if self.wire == "ring":
+            self._flush()
 
     def close(self) -> None:
         for obj in (self.supplicant, self.transport, self.watcher, self.status, self.radsec, self.events, self.tap):
@@ -444,6 +575,14 @@ class Agent:
                     obj.close()
                 except OSError:
                     pass
+        guard = getattr(self, "guard", None)
+        # a clean exit removes the guard; a tunnel that failed (not made, or gone under us) keeps
+        # it: the agent exits non-zero and until systemd has it back nothing leaves in clear
+        if guard is not None and self.tap is not None and not self.tap.gone:
+            try:
+                guard.remove()
+            except OSError as exc:
+                log.error("%s: tunnel guard not removed: %s", self.client.device_id, exc)
 
 
 class EventStream:
@@ -673,6 +812,31 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _wire(text: str) -> tuple[str, int]:
+    """socket, ring or ring:RX_FRAMES (argparse type)."""
+    kind, _, rx = text.partition(":")
+    if kind not in WIRES or (rx and kind != "ring"):
+        raise argparse.ArgumentTypeError(f"{text!r}: socket, ring or ring:RX_FRAMES")
+    try:
+        n = int(rx) if rx else RING_RX_FRAMES
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: RX_FRAMES is a number of frames") from None
+    if n < 32 or n % 32 or n > 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: RX_FRAMES a multiple of 32 up to 65536")
+    return kind, n
+
+
+def _batch(text: str) -> int:
+    """Frames per wakeup, 1 to 4096 (argparse type)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of frames") from None
+    if not 1 <= n <= 4096:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 1 and 4096 frames per wakeup")
+    return n
+
+
 def _address(text: str):
     """An interface address with its prefix (argparse type)."""
     try:
@@ -697,9 +861,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="append milestones (link-up, authorized, registered, ticketed, peered, record) as "
                         "JSON lines to this file or FIFO")
     r.add_argument("--tunnel-address", action="append", default=[], type=_address, metavar="ADDR/PREFIX",
-                   help="an address of the tunnel interface, IPv4 or IPv6 (repeatable)")
+                   help="an address of the tunnel interface, IPv4 or IPv6 (repeatable); with one, the agent "
+                        "guards the tunnel's prefixes with nftables (package nftables) and exits if the "
+                        "tunnel cannot be made")
     r.add_argument("--tunnel-name", default="tessera0", help="the tunnel's TAP interface (default %(default)s)")
     r.add_argument("--no-tunnel", action="store_true", help="run without the tunnel interface")
+    r.add_argument("--wire", type=_wire, default=("socket", RING_RX_FRAMES), metavar="socket|ring[:RX_FRAMES]",
+                   help="frames to and from the port: a plain packet socket (one syscall per frame) or "
+                        "PACKET_MMAP rings (batches without a syscall per frame; RX_FRAMES (default "
+                        f"{RING_RX_FRAMES}) + {RING_TX_FRAMES} slots of 2 KiB of kernel memory) "
+                        "(default socket: same target met, no memory held; see WIRES in agent/daemon.py)")
+    r.add_argument("--batch", type=_batch, default=BATCH, metavar="N",
+                   help="frames taken from the tap or the port per wakeup (default %(default)s; "
+                        "1 measures the unbatched loop)")
     r.add_argument("--debug", action="store_true")
     s = sub.add_parser("status", help="show a running agent's ports, tickets, peers and sessions")
     s.add_argument("--state-dir", required=True)
@@ -728,7 +902,8 @@ def main(argv: list[str] | None = None) -> int:
                       open(a.key, "rb").read() if a.key else None,
                       open(a.certificate, "rb").read() if a.certificate else None,
                       Timers(announce_every=a.announce_every, revocation_poll=a.revocation_poll), events=a.events,
-                      tunnel=None if a.no_tunnel else a.tunnel_name, tunnel_addresses=a.tunnel_address)
+                      tunnel=None if a.no_tunnel else a.tunnel_name, tunnel_addresses=a.tunnel_address,
+                      wire=a.wire[0], ring_rx=a.wire[1], batch=a.batch)
     except (OSError, ValueError, TesseraError) as exc:
         print(f"tessera-agent: {exc}", file=sys.stderr)
         return 1

@@ -15,16 +15,29 @@ IPv6 ones with ``IFA_F_NODAD`` so that they are usable at once (and IPv6 switche
 interface: the lab's namespaces switch it off for all). No pyroute2: its IPRoute would
 cost every agent megabytes (tests/unit/test_agent_imports.py).
 
+Hardening (issue 12 review): ``IFF_TUN_EXCL`` in ``TUNSETIFF``, so a tap of that name that
+already exists (a persistent one someone made, perhaps owned by another user who could attach to
+it after us and read the tunnel's traffic in clear) is refused (EBUSY) instead of adopted.
+Before it goes up: no router advertisements, no SLAAC, no redirects, no router solicitations
+(``net.ipv6.conf.<tap>.accept_ra/autoconf/accept_redirects/router_solicitations`` = 0,
+``net.ipv4.conf.<tap>.accept_redirects/send_redirects`` = 0): a peer may send frames, not
+routes. Every OSError of the set-up (ioctl, sysctl, netlink error or timeout, ENOBUFS) is a
+:class:`TapError` naming the step.
+
 The carrier follows the sessions (``TUNSETCARRIER``, Linux ≥ 5.0): off while the agent has no
 peer session, so the kernel does not queue traffic into a link that leads nowhere.
 
 Per frame: ``read()`` is one ``read(2)`` on the non-blocking fd (``None`` when drained),
-``write()`` one ``write(2)``. A frame the kernel will not take (a full queue) is dropped, as a
-link would.
+``write()`` one ``write(2)``. A frame the kernel will not take (a full queue: EAGAIN/ENOBUFS; a
+frame it refuses: EINVAL; the interface set down: EIO) is dropped and counted (``write_drops``),
+as a link would. Any other error means the interface is gone (``ip link del``: EBADFD, and the fd
+stays readable for ever): :class:`TapGone` -- the agent must stop selecting on it and exit
+non-zero (systemd restarts it), not spin.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import os
@@ -35,6 +48,7 @@ TUNSETIFF = 0x400454CA
 TUNSETCARRIER = 0x400454E2
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_TUN_EXCL = 0x8000  # refuse an interface of that name that exists already
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 SIOCSIFMTU = 0x8922
 SIOCSIFHWADDR = 0x8924
@@ -54,6 +68,17 @@ TUN_PATH = "/dev/net/tun"
 
 class TapError(OSError):
     """The tap could not be made or configured; the message names the step."""
+
+
+class TapGone(TapError):
+    """The tap failed under us (deleted: EBADFD): stop using it; the agent exits non-zero."""
+
+
+# Written before the tap goes up: a peer may send frames, not routes (tessera0 is a link to
+# peers, never to a router; routes over it are configured, or learned by a routing daemon).
+TAP_SYSCTLS = (("ipv6", "accept_ra"), ("ipv6", "autoconf"), ("ipv6", "accept_redirects"),
+               ("ipv6", "router_solicitations"), ("ipv4", "accept_redirects"), ("ipv4", "send_redirects"))
+WRITE_DROPPED = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EINVAL, errno.EIO, errno.EMSGSIZE})
 
 
 def parse_address(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -94,10 +119,19 @@ class Tap:
         except OSError as exc:
             raise TapError(exc.errno, f"{TUN_PATH}: {exc.strerror}") from None
         self.name, self.carrier = name, None
+        self.write_drops = 0  # frames the kernel would not take (full queue, interface down)
+        self.gone = False  # TapGone was raised: the interface failed under us
         try:
-            self._ioctl_fd(TUNSETIFF, _ifreq(name, struct.pack("H", IFF_TAP | IFF_NO_PI)), "TUNSETIFF")
+            try:
+                fcntl.ioctl(self.fd, TUNSETIFF, _ifreq(name, struct.pack("H", IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL)))
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    raise TapError(exc.errno, f"tap {name}: an interface {name} exists already (a persistent "
+                                              f"tap? remove it: ip link del {name}); not adopting it") from None
+                raise TapError(exc.errno, f"tap {name}: TUNSETIFF: {exc.strerror}") from None
             os.set_blocking(self.fd, False)
             self.set_carrier(False)
+            self.harden()
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 self._ioctl(s, SIOCSIFHWADDR, _ifreq(name, struct.pack("H", ARPHRD_ETHER) + mac), "set its MAC")
                 self._ioctl(s, SIOCSIFMTU, _ifreq(name, struct.pack("i", mtu)), f"set its MTU to {mtu}")
@@ -106,6 +140,12 @@ class Tap:
                 self._ioctl(s, SIOCSIFFLAGS, _ifreq(name, struct.pack("H", flags | IFF_UP)), "bring it up")
                 self.index = struct.unpack_from("i", self._ioctl(s, SIOCGIFINDEX, _ifreq(name), "find its index"), 16)[0]
             self.add_addresses(addresses)
+        except TapError:
+            self.close()
+            raise
+        except OSError as exc:  # netlink errors, timeouts, ENOBUFS...: one kind of error for the caller
+            self.close()
+            raise TapError(exc.errno, f"tap {name}: set-up failed: {exc.strerror or exc}") from None
         except BaseException:
             self.close()
             raise
@@ -142,6 +182,19 @@ class Tap:
                             raise TapError(err, f"tap {self.name}: add address {addr}: {os.strerror(err)}")
                         break
 
+    def harden(self) -> None:
+        """No RAs, SLAAC, redirects or router solicitations on the tap (TAP_SYSCTLS), before it is
+        up. A kernel without IPv6 has no net/ipv6: those are skipped; any other failure refuses."""
+        for family, key in TAP_SYSCTLS:
+            if family == "ipv6" and not os.path.isdir("/proc/sys/net/ipv6/conf"):
+                continue
+            path = f"/proc/sys/net/{family}/conf/{self.name}/{key}"
+            try:
+                with open(path, "w") as f:
+                    f.write("0")
+            except OSError as exc:
+                raise TapError(exc.errno, f"tap {self.name}: set {path} to 0: {exc.strerror}") from None
+
     def enable_ipv6(self) -> None:
         """IPv6 on this interface even where the namespace disables it for the others (the lab sets
         net.ipv6.conf.all.disable_ipv6=1, which new interfaces inherit): tessera0 was asked for it."""
@@ -163,18 +216,29 @@ class Tap:
         self.carrier = on
 
     def read(self) -> bytes | None:
-        """The next frame the kernel sent on the tap, or None when none is waiting."""
+        """The next frame the kernel sent on the tap, or None when none is waiting (or the read
+        was interrupted). TapGone when the interface failed (deleted: EBADFD)."""
         try:
             return self._fd_read(self.fd, self.read_size)
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return None
+        except OSError as exc:
+            self.gone = True
+            raise TapGone(exc.errno, f"tap {self.name}: read: {exc.strerror} (the interface is gone?)") from None
 
     def write(self, frame: bytes) -> None:
-        """Hand one received frame to the kernel (dropped if its queue is full)."""
+        """Hand one received frame to the kernel; dropped and counted (write_drops) if it will not
+        take it (full queue, interface down). TapGone when the interface failed (deleted)."""
         try:
             self._fd_write(self.fd, frame)
-        except (BlockingIOError, OSError):
-            pass
+        except InterruptedError:
+            self.write_drops += 1
+        except OSError as exc:
+            if exc.errno in WRITE_DROPPED:
+                self.write_drops += 1
+                return
+            self.gone = True
+            raise TapGone(exc.errno, f"tap {self.name}: write: {exc.strerror} (the interface is gone?)") from None
 
     def fileno(self) -> int:
         return self.fd

@@ -1009,7 +1009,12 @@ class Node:
         """(peer, plaintext) of a record (PeerData or PeerFrame) from `src`, or None: dropped and
         counted. The one path for both types: the session by its id, refused for a revoked peer
         or past its end, the replay window, and a record under the key our handshake is
-        confirming establishes it (the peer sends under it only once established)."""
+        confirming establishes it (the peer sends under it only once established). Nothing
+        while the port is not UP (handle() drops every frame then; the adapter's fast path comes
+        here directly): no record opened, no announce nudged."""
+        if self.port is not Port.UP:
+            self.stats["frames_dropped"] += 1
+            return None
         try:
             peer, s = self.by_id[frame[2:10]]
         except KeyError:

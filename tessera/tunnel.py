@@ -5,15 +5,28 @@ in and out of the peer sessions' records (PeerFrame, type 38; docs/layouts.md#pe
                            to send: unicast to a peer's tap MAC → that peer's session; a group
                            address (I/G bit: broadcast, ARP, IPv6 ND, OSPF) or an unknown unicast →
                            one copy per peer with a confirmed session, each under that peer's key;
-                           a frame for a known peer without a session → nothing (no_session_drops).
-                           Nothing ever leaves unencrypted.
+                           a frame for a peer without a session → nothing (no_session_drops): a
+                           peer we know, or one we once knew (the last SEEN_MACS tap MACs: a
+                           departed peer's traffic is not flooded to the others as "unknown").
+                           Fanned-out frames pass a token bucket (GROUP_BURST, GROUP_RATE per
+                           second; group_drops): a flood of ARP/ND from the kernel is not
+                           multiplied by the number of peers unchecked. Nothing ever leaves
+                           unencrypted.
     inbound(src, rec, now) a PeerFrame record from the wire → the inner frame for the tap, or None:
                            opened by the node's record path (`Node._open_record`, shared with
                            PeerData: the session by its id, revocation and expiry, the replay
                            window, the first record under a pending key establishes it, older keys
                            kept for frames in flight after a rekey), then the inner frame must be
                            ≥ 14 bytes and come from the sending peer's tap MAC (no peer speaks for
-                           another: spoof_drops).
+                           another: spoof_drops), an ARP frame's sender hardware address must be
+                           that MAC too (spoof_drops), and it must fit the tap (≤ mtu + 14 bytes:
+                           size_drops).
+
+"No peer speaks for another" holds at layer 2 (the inner source MAC, and ARP's sender hardware
+address), not for IP addresses: an enrolled peer may claim another peer's tunnel IP address in
+its ARP/ND or as its packets' source, with its own MAC. Bind IP addresses to peers above this
+(a routing daemon's authentication, the services' own). The underlay side of the same promise --
+no plain packet from eth0 reaches a tunnel address -- is agent/guard.py's.
 
 Each device's tap MAC is deterministic (`tap_mac`): every peer knows every other's from its device
 id, so unicast needs no learning and an ARP cache stays valid across an agent restart. The MTU is
@@ -31,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 
 from .errors import ReplayError, TesseraError
 from .record import OVERHEAD
@@ -66,17 +80,34 @@ def tap_mac(realm: str, device_id: str) -> str:
 class PeerCounters:
     """Tunnel traffic with one peer, across its rekeys (bytes are inner frame bytes)."""
 
-    __slots__ = ("frames_in", "frames_out", "bytes_in", "bytes_out", "auth_drops", "replay_drops", "spoof_drops")
+    __slots__ = ("frames_in", "frames_out", "bytes_in", "bytes_out", "auth_drops", "replay_drops", "spoof_drops",
+                 "size_drops")
 
     def __init__(self):
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
-        self.auth_drops = self.replay_drops = self.spoof_drops = 0
+        self.auth_drops = self.replay_drops = self.spoof_drops = self.size_drops = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
 MAX_NAMES = 4096  # tap MACs computed per device id, cached (bounded: ids come from frames)
+SEEN_MACS = 4096  # tap MACs of peers ever known (LRU): a frame to one of them is never flooded
+# Fanned-out frames (group or unknown unicast) per second: each becomes one record per peer.
+# A device's own multicast is small: OSPF hellos (1/s per interface), ARP and ND (a few per
+# neighbour resolved, DAD at address configuration): 1000/s sustained and a burst of 200 (ARP
+# and ND for 100 peers at once, as when tessera0 comes up) leave room for all of that and cap
+# a storm at 1000 x peers records/s instead of what the kernel can queue (~30-40k/s).
+GROUP_BURST = 200
+GROUP_RATE = 1000.0
+ETH_P_ARP = b"\x08\x06"
+
+
+def arp_from(frame: bytes, hw: bytes) -> bool:
+    """An inner ARP frame (Ethernet/IPv4: htype 1, ptype 0x0800, hlen 6, plen 4, 28 bytes) whose
+    sender hardware address is `hw` (the frame's source MAC); anything else is refused."""
+    return (len(frame) >= ETH_HLEN + 28 and frame[14:20] == b"\x00\x01\x08\x00\x06\x04"
+            and frame[22:28] == hw)
 
 
 class Tunnel:
@@ -92,6 +123,10 @@ class Tunnel:
         self.no_session_drops = 0
         self.last_peer = ""  # the peer of the last inner frame inbound() returned
         self.size_drops = 0  # frames from the tap outside [14, mtu + 14] bytes
+        self.group_drops = 0  # fanned-out frames over the token bucket (GROUP_BURST, GROUP_RATE)
+        self.send_failures = 0  # records the adapter could not send (it bumps this; frames_out counts the try)
+        self._tokens, self._tokens_at = float(GROUP_BURST), -math.inf
+        self._seen: OrderedDict[bytes, None] = OrderedDict()  # tap MACs of peers ever known (LRU, SEEN_MACS)
         self.counters: dict[str, PeerCounters] = {}
         self._names: dict[str, bytes] = {}
         self._generation = -1
@@ -137,6 +172,18 @@ class Tunnel:
             del self.counters[peer]  # bounded by the sessions held
         self._inbound = {}
         self._known = {self.peer_hw(p): p for p in (*node.neighbours, *live, *node.revoked)}
+        self.remember(self._known)
+
+    def remember(self, macs) -> None:
+        """Keep tap MACs of peers in the bounded memory of every peer ever known (LRU)."""
+        seen = self._seen
+        for hw in macs:
+            if hw in seen:
+                seen.move_to_end(hw)
+            else:
+                seen[hw] = None
+                if len(seen) > SEEN_MACS:
+                    seen.popitem(last=False)
 
     def outbound(self, frame: bytes, now: float) -> tuple:
         """The (underlay MAC, record) copies of one inner frame read from the tap; () if dropped."""
@@ -155,10 +202,17 @@ class Tunnel:
                 c.frames_out += 1
                 c.bytes_out += n
                 return ((route[0], route[1](frame)),)
-            if frame[0] & 1 or dst not in self._known:  # group address, or unicast to nobody we know
+            if frame[0] & 1 or dst not in self._seen:  # group address, or unicast to nobody we ever knew
                 if not self._all:
                     self.no_session_drops += 1
                     return ()
+                tokens = self._tokens + (now - self._tokens_at) * GROUP_RATE
+                self._tokens_at = now
+                if tokens < 1.0:
+                    self._tokens = max(tokens, 0.0)  # a clock that steps back refills nothing
+                    self.group_drops += 1
+                    return ()
+                self._tokens = min(tokens, GROUP_BURST) - 1.0
                 copies = []
                 for mac, seal, c in self._all:
                     c.frames_out += 1
@@ -168,7 +222,7 @@ class Tunnel:
         except TesseraError:  # a sender's sequence space used up (2**48): the rekey is overdue
             self.no_session_drops += 1
             return ()
-        self.no_session_drops += 1  # a known peer, no session with it (yet, or any more)
+        self.no_session_drops += 1  # a peer we know or once knew, no session with it (yet, or any more)
         return ()
 
     # -- in --------------------------------------------------------------------------------
@@ -187,15 +241,25 @@ class Tunnel:
         peer, inner = got
         self.last_peer = peer
         entry = self._inbound.get(peer)
-        if entry is None:
+        if entry is None:  # once per peer between rebuilds
             entry = self._inbound[peer] = (self.peer_hw(peer), self.counters_of(peer))
+            self.remember((entry[0],))  # the kernel may learn this MAC from the frame: keep it known
         hw, c = entry
-        if len(inner) < ETH_HLEN or inner[6:12] != hw:
+        n = len(inner)
+        if n < ETH_HLEN or inner[6:12] != hw or (inner[12:14] == ETH_P_ARP and not arp_from(inner, hw)):
             c.spoof_drops += 1
             if c.spoof_drops <= 3 or c.spoof_drops % 1000 == 0:
                 from .node import Log  # only on this rare path: node.py does not import this module
-                why = "shorter than an Ethernet header" if len(inner) < ETH_HLEN else "not from the peer's tap MAC"
+                why = ("shorter than an Ethernet header" if n < ETH_HLEN else "not from the peer's tap MAC"
+                       if inner[6:12] != hw else "an ARP frame whose sender is not the peer's tap MAC")
                 out.append(Log("frame-dropped", f"from {peer}: inner frame {why} ({c.spoof_drops} dropped)"))
+            return None
+        if n > self.max_frame:  # more than the tap carries (a peer with another MTU, or a forged one)
+            c.size_drops += 1
+            if c.size_drops <= 3 or c.size_drops % 1000 == 0:
+                from .node import Log
+                out.append(Log("frame-dropped", f"from {peer}: inner frame of {n} bytes, over {self.max_frame} "
+                                                f"({c.size_drops} dropped)"))
             return None
         c.frames_in += 1
         c.bytes_in += len(inner)
@@ -211,7 +275,7 @@ class Tunnel:
 
     def status(self) -> dict:
         return {"mac": self.mac, "mtu": self.mtu, "no_session_drops": self.no_session_drops,
-                "size_drops": self.size_drops}
+                "size_drops": self.size_drops, "group_drops": self.group_drops, "send_failures": self.send_failures}
 
 
 __all__ = ["TUNNEL_MTU", "UNDERLAY_MTU", "PeerCounters", "Tunnel", "tap_hw", "tap_mac", "tunnel_mtu"]

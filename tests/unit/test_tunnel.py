@@ -113,7 +113,8 @@ def test_unicast_goes_to_that_peer_only_encrypted_and_comes_out_of_its_tap(net):
     assert deliver(net, "SN-A", "SN-C", record) is None  # C holds no key of that session
     assert deliver(net, "SN-A", "SN-B", record) == frame
     assert b.counters["SN-A"].as_dict() == {"frames_in": 1, "frames_out": 0, "bytes_in": len(frame), "bytes_out": 0,
-                                                "auth_drops": 0, "replay_drops": 0, "spoof_drops": 0}
+                                                "auth_drops": 0, "replay_drops": 0, "spoof_drops": 0,
+                                                "size_drops": 0}
     assert a.counters["SN-B"].frames_out == 1 and a.counters["SN-B"].bytes_out == len(frame)
     assert a.counters["SN-C"].frames_out == 0
 
@@ -317,3 +318,233 @@ def test_first_peer_frame_under_the_key_being_confirmed_establishes_it(net):
     assert node_a.sessions["SN-B"].channel.session_id == new_sid  # established by that record
     ((_, sent_new),) = a.outbound(eth(b.hw, a.hw), net.now)
     assert sent_new[2:10] == new_sid
+
+
+# -- the review of the secured link (issue 12): each refusal beside its acceptance --------------
+ARP = 0x0806
+
+
+def arp(op: int, sha: bytes, spa: str, tha: bytes, tpa: str) -> bytes:
+    """An Ethernet/IPv4 ARP body (RFC 826): htype 1, ptype 0x0800, hlen 6, plen 4."""
+    ip = lambda text: bytes(int(x) for x in text.split("."))
+    return struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, sha, ip(spa), tha, ip(tpa))
+
+
+def test_a_departed_peers_mac_is_a_no_session_drop_not_flooded_to_the_others(net):
+    a = tun(net, "SN-A")
+    node = net.nodes["SN-A"]
+    c_hw = tap_hw(node.client.realm, "SN-C")
+    assert len(a.outbound(eth(c_hw, a.hw), net.now)) == 1  # control: C's session routes it to C only
+    node._end_sessions("SN-C")   # the session expired and was not renegotiated...
+    node.neighbours.pop("SN-C")  # ...and C went quiet: forgotten
+    drops = a.no_session_drops
+    assert a.outbound(eth(c_hw, a.hw, b"\x45" + b"tcp-retransmit-for-C" + bytes(40)), net.now) == ()
+    assert a.no_session_drops == drops + 1  # not B's to read
+    stranger = b"\x02\xaa\xbb\xcc\xdd\xee"  # a MAC no peer ever had: unknown unicast, flooded (the issue)
+    assert [mac for mac, _ in a.outbound(eth(stranger, a.hw), net.now)] == [net.macs["SN-B"]]
+
+
+def test_a_peer_mac_learned_only_from_its_frames_is_remembered_too(net):
+    """C's MAC reached A's kernel only in a frame C sent (its ARP); A never routed a frame to C
+    before C's session ended: a frame to C is still not flooded to B."""
+    node = net.nodes["SN-A"]
+    fresh = Tunnel(node)  # nothing routed yet, nothing remembered
+    c_hw = tun(net, "SN-C").hw
+    frame = eth(BROADCAST, c_hw)
+    rec = dict(tun(net, "SN-C").outbound(frame, net.now))[net.macs["SN-A"]]
+    assert deliver(net, "SN-C", "SN-A", rec) == frame
+    node._end_sessions("SN-C")
+    node.neighbours.pop("SN-C")
+    assert fresh.outbound(eth(c_hw, fresh.hw), net.now) == () and fresh.no_session_drops == 1
+    assert len(fresh.outbound(eth(b"\x02\xaa\xbb\xcc\xdd\xee", fresh.hw), net.now)) == 1  # control: a stranger
+
+
+def test_the_memory_of_peer_macs_is_bounded_lru(net, monkeypatch):
+    from tessera import tunnel as tunnel_mod
+    monkeypatch.setattr(tunnel_mod, "SEEN_MACS", 3)
+    a = tun(net, "SN-A")
+    assert len(a.outbound(eth(tun(net, "SN-B").hw, a.hw), net.now)) == 1  # routes built (B and C remembered)
+    olds = [bytes([2, 0, 0, 0, 0, i]) for i in range(3)]
+    a.remember(olds)
+    a.remember([olds[0]])  # used again: kept
+    a.remember([b"\x02\x00\x00\x00\x00\x09"])  # the least recently used (olds[1]) goes
+    assert list(a._seen) == [olds[2], olds[0], b"\x02\x00\x00\x00\x00\x09"]
+    assert len(a.outbound(eth(olds[1], a.hw), net.now)) == 2  # forgotten: unknown again, flooded
+    assert a.outbound(eth(olds[0], a.hw), net.now) == ()  # remembered: no session, dropped
+
+
+def test_an_inner_arp_whose_sender_is_not_the_frames_source_is_a_spoof_drop(net):
+    a, b, c = (tun(net, d) for d in ("SN-A", "SN-B", "SN-C"))
+    sender = net.nodes["SN-B"].sessions["SN-A"].channel.sender
+    # B's frame (its own source MAC) with an ARP reply 'C's tunnel IP is at C's MAC' / at a stranger's
+    for sha in (c.hw, b"\x02\xaa\xbb\xcc\xdd\xee"):
+        spoof = eth(a.hw, b.hw, arp(2, sha, "198.51.100.3", a.hw, "198.51.100.1"), ethertype=ARP)
+        assert deliver(net, "SN-B", "SN-A", sender.seal_frame(spoof)) is None
+    # an ARP that is not Ethernet/IPv4, or cut short: refused too
+    odd = eth(a.hw, b.hw, arp(2, b.hw, "198.51.100.2", a.hw, "198.51.100.1")[:20], ethertype=ARP)
+    assert deliver(net, "SN-B", "SN-A", sender.seal_frame(odd)) is None
+    assert a.counters["SN-B"].spoof_drops == 3 and a.counters["SN-B"].frames_in == 0
+    # control: B's ARP for itself (sender = its tap MAC), and a broadcast request
+    own = eth(a.hw, b.hw, arp(2, b.hw, "198.51.100.2", a.hw, "198.51.100.1"), ethertype=ARP)
+    assert deliver(net, "SN-B", "SN-A", sender.seal_frame(own)) == own
+    req = eth(BROADCAST, b.hw, arp(1, b.hw, "198.51.100.2", bytes(6), "198.51.100.1") + bytes(18), ethertype=ARP)
+    assert deliver(net, "SN-B", "SN-A", sender.seal_frame(req)) == req
+    # what is NOT checked (documented): B claiming C's IP address with its own MAC
+    claim = eth(a.hw, b.hw, arp(2, b.hw, "198.51.100.3", a.hw, "198.51.100.1"), ethertype=ARP)
+    assert deliver(net, "SN-B", "SN-A", sender.seal_frame(claim)) == claim
+
+
+def test_an_inner_frame_over_the_tap_mtu_is_a_size_drop(net):
+    a, b = tun(net, "SN-A"), tun(net, "SN-B")
+    sender = net.nodes["SN-A"].sessions["SN-B"].channel.sender
+    big = eth(b.hw, a.hw, bytes(TUNNEL_MTU + 1))  # 1467 bytes: a peer with a bigger MTU, or a forged one
+    assert deliver(net, "SN-A", "SN-B", sender.seal_frame(big)) is None
+    assert b.counters["SN-A"].size_drops == 1 and b.counters["SN-A"].frames_in == 0
+    fits = eth(b.hw, a.hw, bytes(TUNNEL_MTU))  # control: exactly mtu + 14
+    assert deliver(net, "SN-A", "SN-B", sender.seal_frame(fits)) == fits
+    assert net.nodes["SN-B"].status(net.now)["sessions"]["SN-A"]["tunnel"]["size_drops"] == 1
+
+
+def test_group_frames_pass_a_token_bucket_and_drops_are_counted(net):
+    from tessera.tunnel import GROUP_BURST, GROUP_RATE
+    a = tun(net, "SN-A")
+    ns = eth(b"\x33\x33\xff\x00\x00\x01", a.hw, ethertype=0x86DD)  # an ND solicitation's group address
+    t = net.now
+    sent = sum(bool(a.outbound(ns, t)) for _ in range(GROUP_BURST + 50))
+    assert sent == GROUP_BURST and a.group_drops == 50
+    assert len(a.outbound(eth(tun(net, "SN-B").hw, a.hw), t)) == 1  # unicast to a peer: not limited
+    assert len(a.outbound(ns, t + 10 / GROUP_RATE)) == 2  # refilled at GROUP_RATE per second
+    assert a.outbound(ns, t - 100) == () and a.group_drops == 51  # a clock that steps back refills nothing
+    assert net.nodes["SN-A"].status(net.now)["tunnel"]["group_drops"] == 51
+
+
+def test_send_failures_the_adapter_counts_show_in_status(net):
+    a = tun(net, "SN-A")
+    assert net.nodes["SN-A"].status(net.now)["tunnel"]["send_failures"] == 0
+    a.send_failures += 2  # what the daemon's _send_record does when the wire refuses a record
+    assert net.nodes["SN-A"].status(net.now)["tunnel"]["send_failures"] == 2
+
+
+def test_the_fast_path_opens_nothing_and_nudges_nobody_while_the_port_is_not_up(net):
+    from tessera.node import Port, SendFrame
+    a, b = tun(net, "SN-A"), tun(net, "SN-B")
+    node_b = net.nodes["SN-B"]
+    frame = eth(b.hw, a.hw)
+    forged = bytes([1, 38]) + b"\xee" * 8 + (1).to_bytes(8, "big") + bytes(40)  # under no key B holds
+    for port in (Port.BLOCKED, Port.ADMITTING, Port.DOWN):
+        node_b.port = port
+        ((_, rec),) = a.outbound(frame, net.now)
+        assert deliver(net, "SN-A", "SN-B", rec) is None
+        out: list = []
+        assert b.inbound("02:66:66:66:66:66", forged, net.time_of("SN-B"), out) is None
+        assert not any(isinstance(x, SendFrame) for x in out), port
+    assert b.counters_of("SN-A").frames_in == 0
+    node_b.port = Port.UP  # control: the same records open, and the nudge goes out
+    ((_, rec),) = a.outbound(frame, net.now)
+    assert deliver(net, "SN-A", "SN-B", rec) == frame
+    out = []
+    b.inbound("02:66:66:66:66:67", forged, net.time_of("SN-B") + 60, out)
+    assert any(isinstance(x, SendFrame) for x in out)
+
+
+def _agent(net, monkeypatch, addresses, tap_error=None, guard_error=None):
+    """The daemon's _open_tap with the tap and the guard stood in for."""
+    from types import SimpleNamespace
+
+    from tessera.agent import guard as guard_mod
+    from tessera.agent import daemon
+
+    made = []
+
+    class FakeGuard:
+        def __init__(self, name, addrs):
+            self.installed, self.removed = False, False
+            made.append(self)
+
+        def install(self):
+            if guard_error:
+                raise guard_error
+            self.installed = True
+
+        def remove(self):
+            self.removed = True
+
+    def fake_tap(*args):
+        if tap_error:
+            raise tap_error
+        return SimpleNamespace(gone=False, close=lambda: None)
+
+    monkeypatch.setattr(guard_mod, "Guard", FakeGuard)
+    monkeypatch.setattr(daemon, "Tap", fake_tap)
+    node = net.nodes["SN-A"]
+    agent = SimpleNamespace(tunnel=node.tunnel or Tunnel(node), node=node, client=node.client, tunnel_name="tessera0",
+                            tunnel_addresses=tuple(addresses), tap=None, closed=0)
+    agent.close = lambda: daemon.Agent.close(SimpleNamespace(**{**vars(agent), "supplicant": None, "transport": None,
+                                                               "watcher": None, "status": None, "radsec": None,
+                                                               "events": None, "tap": agent.tap,
+                                                               "guard": getattr(agent, "guard", None)}))
+    return agent, made
+
+
+def test_with_tunnel_addresses_a_tap_that_fails_ends_the_agent_and_keeps_the_guard(net, monkeypatch, caplog):
+    from tessera.agent.daemon import Agent
+    from tessera.agent.tap import TapError, parse_address
+    addrs = [parse_address("198.51.100.1/24")]
+    agent, made = _agent(net, monkeypatch, addrs, tap_error=TapError(17, "tap tessera0: add address: File exists"))
+    with pytest.raises(SystemExit, match="File exists") as exc:
+        Agent._open_tap(agent)
+    assert exc.value.code != 0 and "exiting" in caplog.text
+    assert made[0].installed and not made[0].removed  # fail closed: the guard stays
+    # nft missing: refused the same way, with the package named
+    from tessera.agent.guard import GuardError
+    agent, made = _agent(net, monkeypatch, addrs, guard_error=GuardError(0, "nft not found: install the Debian package nftables"))
+    with pytest.raises(SystemExit, match="nftables"):
+        Agent._open_tap(agent)
+    # control: without addresses the same failure leaves an agent running without the tunnel
+    agent, made = _agent(net, monkeypatch, [], tap_error=TapError(17, "tap tessera0: TUNSETIFF: busy"))
+    Agent._open_tap(agent)
+    assert agent.tunnel is None and made == []
+    # and with addresses and a working tap: guarded, up; a clean close removes the guard
+    agent, made = _agent(net, monkeypatch, addrs)
+    Agent._open_tap(agent)
+    assert agent.tap is not None and made[0].installed
+    agent.close()
+    assert made[0].removed
+
+
+def test_guard_ruleset_names_the_interface_and_every_prefix():
+    from tessera.agent.guard import ruleset, table_name
+    from tessera.agent.tap import parse_address
+    rs = ruleset("tessera0", [parse_address("198.51.100.1/24"), parse_address("2001:db8:100::1/64")])
+    assert rs.startswith("table inet tessera_guard_tessera0\ndelete table inet tessera_guard_tessera0\n")
+    for want in ('iifname { "tessera0", "lo" } accept', "ip daddr { 198.51.100.1 } drop",
+                 "ip saddr { 198.51.100.0/24 } drop", "ip6 daddr { 2001:db8:100::1 } drop",
+                 "ip6 saddr { 2001:db8:100::/64 } drop", 'oifname { "tessera0", "lo" } accept',
+                 "ip daddr { 198.51.100.0/24 } drop", "ip6 daddr { 2001:db8:100::/64 } drop",
+                 "arp daddr ip { 198.51.100.1 } drop", "table arp tessera_guard_tessera0 {"):
+        assert want in rs, want
+    assert "table arp tessera_guard_x {" not in ruleset("x", [parse_address("2001:db8::1/64")])  # no IPv4: no ARP rules
+    assert table_name("tessera-1.a") == "tessera_guard_tessera_1_a"
+    for bad in ('tess"era', "a b", "", "x" * 16):  # nothing reaches nft's script unchecked
+        with pytest.raises(ValueError):
+            table_name(bad)
+
+
+def test_guard_without_nft_refuses_and_names_the_package(monkeypatch, tmp_path):
+    from tessera.agent import guard as guard_mod
+    from tessera.agent.tap import parse_address
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(guard_mod, "NFT_PATHS", ())
+    g = guard_mod.Guard("tessera0", [parse_address("198.51.100.1/24")])
+    with pytest.raises(guard_mod.GuardError, match="nft not found.*Debian package nftables"):
+        g.install()
+    assert not g.installed
+    # control: an nft that takes the script (a stand-in on PATH, recording its input)
+    fake = tmp_path / "nft"
+    fake.write_text(f"#!/bin/sh\n/bin/cat > {tmp_path}/script\n")
+    fake.chmod(0o755)
+    g.install()
+    assert g.installed and "ip daddr { 198.51.100.1 } drop" in (tmp_path / "script").read_text()
+    fake.write_text("#!/bin/sh\necho 'Error: Could not process rule: No such file or directory' >&2\nexit 1\n")
+    with pytest.raises(guard_mod.GuardError, match="nft refused the guard: Error: Could not process rule"):
+        guard_mod.Guard("tessera0", [parse_address("198.51.100.1/24")]).install()
