@@ -188,22 +188,20 @@ class Tap:
         for family, key in TAP_SYSCTLS:
             if family == "ipv6" and not os.path.isdir("/proc/sys/net/ipv6/conf"):
                 continue
-            path = f"/proc/sys/net/{family}/conf/{self.name}/{key}"
-            try:
-                with open(path, "w") as f:
-                    f.write("0")
-            except OSError as exc:
-                raise TapError(exc.errno, f"tap {self.name}: set {path} to 0: {exc.strerror}") from None
+            self._sysctl_off(f"/proc/sys/net/{family}/conf/{self.name}/{key}", "set")
 
     def enable_ipv6(self) -> None:
         """IPv6 on this interface even where the namespace disables it for the others (the lab sets
         net.ipv6.conf.all.disable_ipv6=1, which new interfaces inherit): tessera0 was asked for it."""
-        path = f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6"
+        self._sysctl_off(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6", "enable IPv6:")
+
+    def _sysctl_off(self, path: str, what: str) -> None:
+        """Write 0 to one of this interface's sysctls; TapError naming it if that fails."""
         try:
             with open(path, "w") as f:
                 f.write("0")
         except OSError as exc:
-            raise TapError(exc.errno, f"tap {self.name}: enable IPv6 ({path}): {exc.strerror}") from None
+            raise TapError(exc.errno, f"tap {self.name}: {what} {path} to 0: {exc.strerror}") from None
 
     def set_carrier(self, on: bool) -> None:
         """Carrier on or off (TUNSETCARRIER); a kernel without it keeps the carrier on."""

@@ -19,8 +19,8 @@ tessera0 first, ...), so drift in the machine's load falls on both alike; in a r
   are in it too): what the per-frame cost is; and where frames were lost (retransmits): the
   kernel's drops on both tessera0 (a TAP's tx queue to its agent full) and both eth0, the
   agents' auth and replay drops;
-* ``--pings`` ICMP echoes one at a time (`icmp_rtts`, a raw socket in device 1: this machine
-  has no ping binary; the same Python overhead on both paths): RTT avg/median/min, and the
+* ``--pings`` ICMP echoes one at a time (`icmp_rtts`, a raw socket in device 1, timed
+  in Python: the same overhead on both paths, so the difference is the tunnel's): RTT avg/median/min, and the
   added RTT = tessera0 avg - veth avg of the same round;
 * with ``--udp``: iperf3 UDP, ``--udp-size``-byte datagrams at ``--udp-rate``: datagrams/s
   received and lost.

@@ -22,7 +22,7 @@ run unmodified programs on it, the way a network engineer would:
   client's report into `IperfResult` (Gbit/s received, bytes, retransmits, the data stream's
   MSS, mean RTT) or raises `ClientError` with iperf3's own error line.
 * `icmp_rtts`: echo round trips measured from a raw ICMP socket opened inside the namespace
-  (this machine has no ``ping`` binary); `RttStats` summarizes them.
+  (each round trip timed in one process, no ``ping`` to parse); `RttStats` summarizes them.
 * `stand_in_segment`: while a test or a developer has no agent, one plain bridge with a veth
   named like the tunnel (same MTU, same addresses) into each namespace -- the same segment the
   agents' tessera0 interfaces make, without the encryption.

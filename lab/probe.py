@@ -22,7 +22,8 @@ from tessera.agent.l2 import BROADCAST, PacketTransport
 from tessera.agent.link import call_in_netns
 
 
-def _checksum(data: bytes) -> int:
+def inet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data`."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -34,7 +35,7 @@ def _checksum(data: bytes) -> int:
 def icmp_echo(ident: int, seq: int, payload: bytes = b"tessera-probe") -> bytes:
     """ICMP echo request (type 8) with a correct checksum."""
     head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    csum = _checksum(head + payload)
+    csum = inet_checksum(head + payload)
     return struct.pack("!BBHHH", 8, 0, csum, ident, seq) + payload
 
 

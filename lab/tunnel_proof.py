@@ -3,9 +3,9 @@
 How this works
 --------------
 `ping_pairs` pings every pair of devices once over their ``tessera0`` interfaces: ICMP echo
-from a raw socket opened inside each device's namespace (this machine kind has no ``ping``
-binary; the packets are the ones ``ping -p PATTERN`` sends: an echo request whose payload is
-the pattern repeated). For pair (a, b), a < b, device a sends one echo to b's tunnel address
+from a raw socket opened inside each device's namespace (thousands of pairs at once, each reply
+checked, from one process; the packets are the ones ``ping -p PATTERN`` sends: an echo request
+whose payload is the pattern repeated). For pair (a, b), a < b, device a sends one echo to b's tunnel address
 and, when b answers, a second one at once: the first reply's round trip includes resolving b's
 MAC (an ARP broadcast over the tunnel, one encrypted copy per peer), the second is the tunnel's
 plain RTT. Pairs go in batches (`batch` pairs in flight, each batch waiting at most `timeout` s
@@ -47,6 +47,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tessera.lab.probe import inet_checksum
+
 TUNNEL_V4 = ipaddress.ip_network("198.51.100.0/24")
 TUNNEL_V6 = ipaddress.ip_network("2001:db8:100::/64")
 EAPOL, TESSERA, IPV4, ARP, IPV6 = 0x888E, 0x88B5, 0x0800, 0x0806, 0x86DD
@@ -66,18 +68,9 @@ def pattern_payload(pattern: bytes, size: int = PAYLOAD_LEN) -> bytes:
     return (pattern * (size // len(pattern) + 1))[:size]
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
 def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
     head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", 8, 0, _checksum(head + payload), ident, seq) + payload
+    return struct.pack("!BBHHH", 8, 0, inet_checksum(head + payload), ident, seq) + payload
 
 
 def parse_echo_reply(packet: bytes) -> tuple[str, int, int, bytes] | None:

@@ -100,7 +100,7 @@ def test_echo_request_and_reply_layout():
     payload = tp.pattern_payload(PATTERN)
     assert len(payload) == 56 and payload[:16] == payload[16:32] == PATTERN and payload[48:] == PATTERN[:8]
     req = tp.echo_request(0x1234, 0x8002, payload)
-    assert req[:2] == b"\x08\x00" and tp._checksum(req) == 0  # a valid ICMP checksum sums to zero
+    assert req[:2] == b"\x08\x00" and tp.inet_checksum(req) == 0  # a valid ICMP checksum sums to zero
     reply = ipv4("198.51.100.3", "198.51.100.1", 1, b"\x00" + req[1:])
     assert tp.parse_echo_reply(reply) == ("198.51.100.3", 0x1234, 0x8002, payload)
     assert tp.parse_echo_reply(ipv4("198.51.100.3", "198.51.100.1", 1, req)) is None  # a request, not a reply
