@@ -262,7 +262,7 @@ def checks(aggs: list[Agg]) -> list[Check]:
     out.append(Check("AEAD ÷ plain frames/s", ratio, 0.8, False))
     tcp = _find(aggs, "tunnel", "iperf3 TCP over tessera0")
     out.append(Check("TCP over tessera0 (iperf3)", tcp.per_second / 1e9 if tcp and tcp.per_second else None, 0.5,
-                     False, "Gbit/s", f"{tcp.extra.get('retransmits')} retransmits, MSS {tcp.extra.get('mss')}"
+                     False, "Gbit/s", f"{tcp.extra.get('retransmits')} retransmits, MSS {'/'.join(map(str, tcp.extra.get('mss') or ['?']))}"
                      if tcp else ""))
     rtt = _find(aggs, "tunnel", "ICMP echo over tessera0 (one at a time)")
     out.append(Check("added ping RTT over tessera0", rtt.extra.get("added_rtt_ms") if rtt else None, 0.5, True, "ms"))
@@ -373,6 +373,23 @@ def render(rows: list[Row], cond: dict, plots: list[str], failed_parts: list[str
             if a:
                 out.append(f"| {a.exchange} | {_span(a.per_second, a.rate_range, ',.0f')} | "
                            f"{a.extra.get('rounds', a.runs)} |")
+    tunnel = [a for a in aggs if a.suite == "tunnel"]
+    if tunnel:
+        out += ["", "## The secured link: tessera0 and the plain path between the same two devices", "",
+                "| path | what | median (range over rounds) | retransmits | MSS | agent RSS MiB |",
+                "|---|---|---|---|---|---|"]
+        for a in tunnel:
+            x = a.extra
+            if a.exchange.startswith("ICMP"):
+                value = f"avg {_num(x.get('avg_ms'), '.3f')} ms" + (
+                    f", added {_num(x.get('added_rtt_ms'), '.3f')} ms" if x.get("added_rtt_ms") is not None else "")
+            elif "UDP" in a.exchange:
+                value = f"{_span(a.per_second, a.rate_range, ',.0f')} datagrams/s of {x.get('size', '?')} B"
+            else:
+                value = f"{_span(a.per_second / 1e9 if a.per_second else None, [v / 1e9 for v in a.rate_range] if a.rate_range else None, '.2f')} Gbit/s"
+            rss = [v for v in x.get("agent_rss_mib") or [] if v is not None]
+            out.append(f"| {a.system} | {a.exchange} | {value} | {x.get('retransmits', '')} | "
+                       f"{'/'.join(map(str, x.get('mss') or [])) } | {_num(max(rss), '.1f') if rss else ''} |")
     if plots:
         out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     out += ["", "## Conditions", "", "| | |", "|---|---|"]
