@@ -434,7 +434,7 @@ class Agent:
         try:
             if self.tunnel_addresses:
                 from tessera.agent.guard import Guard  # before the tap: no moment without it
-                self.guard = Guard(self.tunnel_name, self.tunnel_addresses)
+                self.guard = Guard(self.tunnel_name, self.tunnel_addresses, self.ifname)
                 self.guard.install()
             self.tap = Tap(self.tunnel_name, self.tunnel.hw, self.tunnel.mtu, self.tunnel_addresses)
         except (OSError, ValueError) as exc:  # TapError, GuardError
@@ -575,14 +575,9 @@ class Agent:
                     obj.close()
                 except OSError:
                     pass
-        guard = getattr(self, "guard", None)
-        # a clean exit removes the guard; a tunnel that failed (not made, or gone under us) keeps
-        # it: the agent exits non-zero and until systemd has it back nothing leaves in clear
-        if guard is not None and self.tap is not None and not self.tap.gone:
-            try:
-                guard.remove()
-            except OSError as exc:
-                log.error("%s: tunnel guard not removed: %s", self.client.device_id, exc)
+        # the tunnel's nftables guard stays, whatever ended the agent (a stop, an exception, a lost
+        # tap): until the next start rebuilds it, nothing for the tunnel's prefixes leaves in clear;
+        # `tessera-agent unguard` removes it for good (agent/guard.py)
 
 
 class EventStream:
@@ -793,8 +788,9 @@ def print_status(st: dict) -> None:
           f"hellos over their rate {st.get('hellos_limited', 0)}, first handshakes deferred {st.get('handshakes_deferred', 0)}")
     if st.get("tunnel"):
         t = st["tunnel"]
-        print(f"  tunnel {t['mac']} MTU {t['mtu']}: {t['no_session_drops']} frames dropped for want of a session, "
-              f"{t.get('size_drops', 0)} of a wrong size")
+        print(f"  tunnel {t['mac']} MTU {t['mtu']}: dropped {t['no_session_drops']} for want of a session, "
+              f"{t.get('unknown_drops', 0)} to no peer's MAC, {t.get('size_drops', 0)} of a wrong size, "
+              f"{t.get('group_drops', 0)} multicast over its rate; {t.get('send_failures', 0)} records not sent")
     if st.get("revoked_peers"):
         print(f"  revoked by the realm (refused): {', '.join(st['revoked_peers'])}")
     if st.get("keys_at_rest"):
@@ -878,7 +874,21 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("status", help="show a running agent's ports, tickets, peers and sessions")
     s.add_argument("--state-dir", required=True)
     s.add_argument("--json", action="store_true")
+    u = sub.add_parser("unguard", help="remove a tunnel's nftables guard, which outlives the agent on purpose "
+                                       "(after the agent is stopped for good)")
+    u.add_argument("--tunnel-name", default="tessera0")
     a = p.parse_args(argv)
+    if a.cmd == "unguard":
+        from tessera.agent.guard import Guard, GuardError
+        guard = Guard(a.tunnel_name, ())
+        guard.installed = True  # whatever a previous run left: remove() deletes both tables
+        try:
+            guard.remove()
+        except (GuardError, ValueError) as exc:
+            print(f"tessera-agent: {exc}", file=sys.stderr)
+            return 1
+        print(f"tessera-agent: guard of {a.tunnel_name} removed (nftables tables {guard.table})")
+        return 0
     if a.cmd == "status":
         try:
             st = query(a.state_dir, {"cmd": "status"})

@@ -17,7 +17,11 @@ memory) makes two tables named after the tunnel interface, ``inet tessera_guard_
 start rebuilds them whatever a previous run left:
 
 - inet input: from an interface other than tessera0 or lo, drop packets to the tunnel's
-  addresses and packets with a source in the tunnel's prefixes (IPv4 and IPv6);
+  prefixes (its addresses, and the prefix's broadcast and anycast addresses) and packets with a
+  source in them (IPv4 and IPv6);
+- inet forward: nothing from the agent's port (the underlay, in clear) into tessera0, no packet
+  with a source in the tunnel's prefixes from anywhere but tessera0 (a device that routes, as an
+  OSPF router does, must not carry a station's plain or forged packets into a peer's session);
 - inet output and forward: drop packets to the tunnel's prefixes that would leave on an
   interface other than tessera0 (or lo, for the device's own addresses);
 - arp input: ARP for or from the tunnel's addresses/prefixes only on tessera0 (not answered on
@@ -25,8 +29,10 @@ start rebuilds them whatever a previous run left:
 
 Interfaces are matched by name (``iifname``/``oifname``), so the rules hold while tessera0 does
 not exist: **the tables outlive a crash** (SIGKILL, TapGone, a failed start: fail closed) and
-traffic for the tunnel's prefixes is dropped, not sent in clear, until the agent is back. **A
-clean exit removes them** (:meth:`Guard.remove`, from the agent's close()). Stub networks
+traffic for the tunnel's prefixes is dropped, not sent in clear, until the agent is back. **No
+exit removes them** -- a stop, an exception, a lost tap: the next start rebuilds them;
+``tessera-agent unguard --tunnel-name NAME`` (:meth:`Guard.remove`) removes them once the agent
+is stopped for good. Stub networks
 reached over the tunnel (routes learned by OSPF) are not covered: their prefixes are not known
 here.
 
@@ -48,43 +54,52 @@ class GuardError(OSError):
 
 
 def table_name(ifname: str) -> str:
-    """The guard's table for tunnel interface `ifname` (the same in the inet and arp families)."""
+    """The guard's table for tunnel interface `ifname` (the same in the inet and arp families):
+    one name per interface name (its bytes in hex: "a-b" and "a_b" get different tables)."""
     if not _NAME.fullmatch(ifname):
         raise ValueError(f"interface name {ifname!r}: the guard takes letters, digits, '_', '.', '-' (1-15)")
-    return "tessera_guard_" + ifname.replace(".", "_").replace("-", "_")
+    return "tessera_guard_" + ifname.encode().hex()
 
 
 def _set(items) -> str:
     return "{ " + ", ".join(str(i) for i in items) + " }"
 
 
-def ruleset(ifname: str, addresses) -> str:
+def ruleset(ifname: str, addresses, port: str | None = None) -> str:
     """The nft script that (re)builds the guard of `ifname` for its `addresses` (ipaddress
-    interfaces: the address and its prefix)."""
+    interfaces: the address and its prefix); `port`, the agent's 802.1X port (the underlay),
+    may not forward into the tunnel."""
     t = table_name(ifname)
+    if port is not None:
+        table_name(port)  # the same check of the name before it goes into the script
     v4 = [a for a in addresses if a.version == 4]
     v6 = [a for a in addresses if a.version == 6]
     tun = f'"{ifname}"'
-    inp, out, arp_in, arp_out = [], [], [], []
+    inp, out, fwd_in, arp_in, arp_out = [], [], [], [], []
     for fam, addrs in (("ip", v4), ("ip6", v6)):
         if not addrs:
             continue
         hosts, nets = _set(sorted({a.ip for a in addrs})), _set(sorted({a.network for a in addrs}))
-        inp += [f"{fam} daddr {hosts} drop", f"{fam} saddr {nets} drop"]
+        # the whole prefix: its broadcast and anycast addresses too
+        inp += [f"{fam} daddr {nets} drop", f"{fam} saddr {nets} drop"]
         out += [f"{fam} daddr {nets} drop"]
+        fwd_in += [f"iifname != {tun} {fam} saddr {nets} drop"]  # no forged tunnel source forwarded in
         if fam == "ip":
             arp_in += [f"arp daddr ip {hosts} drop", f"arp saddr ip {nets} drop"]
             arp_out += [f"arp daddr ip {nets} drop"]
 
-    def chain(name: str, hook: str, accept: str, rules: list[str]) -> str:
-        body = "".join(f"\n        {r}" for r in [accept, *rules])
+    if port is not None:  # plain traffic from the underlay is not carried into the tunnel for anyone
+        fwd_in.insert(0, f'iifname "{port}" oifname {tun} drop')
+
+    def chain(name: str, hook: str, accept: str, rules: list[str], first: tuple[str, ...] = ()) -> str:
+        body = "".join(f"\n        {r}" for r in [*first, accept, *rules])
         return (f"    chain {name} {{\n        type filter hook {hook} priority filter - 10; policy accept;"
                 f"{body}\n    }}\n")
 
     script = (f"table inet {t}\ndelete table inet {t}\ntable arp {t}\ndelete table arp {t}\n"
               f"table inet {t} {{\n"
               + chain("input", "input", f'iifname {{ {tun}, "lo" }} accept', inp)
-              + chain("forward", "forward", f"oifname {tun} accept", out)
+              + chain("forward", "forward", f"oifname {tun} accept", out, tuple(fwd_in))
               + chain("output", "output", f'oifname {{ {tun}, "lo" }} accept', out)
               + "}\n")
     if arp_in:
@@ -113,8 +128,8 @@ def _run(args: list[str], script: str) -> None:
 class Guard:
     """The nftables guard of tunnel interface `ifname` with `addresses`."""
 
-    def __init__(self, ifname: str, addresses):
-        self.ifname, self.addresses = ifname, tuple(addresses)
+    def __init__(self, ifname: str, addresses, port: str | None = None):
+        self.ifname, self.addresses, self.port = ifname, tuple(addresses), port
         self.table = table_name(ifname)
         self.installed = False
 
@@ -125,7 +140,7 @@ class Guard:
         if nft is None:
             raise GuardError(0, "nft not found: the tunnel's addresses need the nftables guard "
                                 "(install the Debian package nftables), or run with --no-tunnel")
-        _run([nft, "-f", "-"], ruleset(self.ifname, self.addresses))
+        _run([nft, "-f", "-"], ruleset(self.ifname, self.addresses, self.port))
         self.installed = True
 
     def remove(self) -> None:

@@ -27,6 +27,7 @@ Pure helpers :func:`pack_frame` / :func:`unpack_frame` do the Ethernet header.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import socket
 import struct
@@ -135,6 +136,10 @@ class PacketTransport:
                 n = recv_into(buf)
             except BlockingIOError:
                 return None
+            except OSError as exc:  # the port set down under us: nothing waiting (carrier events follow)
+                if exc.errno in (errno.ENETDOWN, errno.ENXIO):
+                    return None
+                raise
             if n < ETH_HLEN:
                 continue
             src, ethertype = _SRC_TYPE.unpack_from(buf, 6)
@@ -153,6 +158,10 @@ class PacketTransport:
                 frame, addr = self.sock.recvfrom(65535)
             except BlockingIOError:
                 return None
+            except OSError as exc:
+                if exc.errno in (errno.ENETDOWN, errno.ENXIO):
+                    return None
+                raise
             if addr[2] == socket.PACKET_OUTGOING:
                 continue
             parts = unpack_frame(frame, self.ethertype)

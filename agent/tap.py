@@ -78,7 +78,9 @@ class TapGone(TapError):
 # peers, never to a router; routes over it are configured, or learned by a routing daemon).
 TAP_SYSCTLS = (("ipv6", "accept_ra"), ("ipv6", "autoconf"), ("ipv6", "accept_redirects"),
                ("ipv6", "router_solicitations"), ("ipv4", "accept_redirects"), ("ipv4", "send_redirects"))
-WRITE_DROPPED = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EINVAL, errno.EIO, errno.EMSGSIZE})
+# the interface itself is gone (deleted: EBADFD; its device unregistered): anything else a write
+# meets (a full queue, a refused frame, the interface down, memory pressure) drops that frame
+GONE = frozenset({errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO})
 
 
 def parse_address(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -232,7 +234,7 @@ class Tap:
         except InterruptedError:
             self.write_drops += 1
         except OSError as exc:
-            if exc.errno in WRITE_DROPPED:
+            if exc.errno not in GONE:
                 self.write_drops += 1
                 return
             self.gone = True

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tessera.agent.guard import ruleset, table_name
 from tessera.agent.link import call_in_netns
@@ -300,3 +301,14 @@ def test_agent_whose_tap_is_deleted_exits_1_once_and_keeps_the_guard(lab):
     assert listed.returncode == 0, listed.stderr  # the guard outlives the tap
     assert d2.agent.alive() and rl.status(d2) is not None
     d1.agent = None  # ended; the lab's cleanup has nothing left to stop
+    # a clean stop keeps the guard too (nothing for the tunnel's prefixes in clear until the next
+    # start rebuilds it); `tessera-agent unguard` removes it, and only that
+    rl.stop_agent(d2)
+    def guarded(ns: str) -> bool:
+        return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", table_name("tessera0")],
+                              capture_output=True).returncode == 0
+    assert guarded(d2.dev.ns)
+    agent_bin = str(Path(sys.executable).with_name("tessera-agent"))  # the venv's
+    done = subprocess.run(["ip", "netns", "exec", d2.dev.ns, agent_bin, "unguard"], capture_output=True, text=True)
+    assert done.returncode == 0 and "removed" in done.stdout, done.stderr
+    assert not guarded(d2.dev.ns) and guarded(d1.dev.ns)

@@ -3,15 +3,18 @@ in and out of the peer sessions' records (PeerFrame, type 38; docs/layouts.md#pe
 
     outbound(frame, now)   a frame the kernel sent on tessera0 → the (underlay MAC, record) copies
                            to send: unicast to a peer's tap MAC → that peer's session; a group
-                           address (I/G bit: broadcast, ARP, IPv6 ND, OSPF) or an unknown unicast →
-                           one copy per peer with a confirmed session, each under that peer's key;
-                           a frame for a peer without a session → nothing (no_session_drops): a
-                           peer we know, or one we once knew (the last SEEN_MACS tap MACs: a
-                           departed peer's traffic is not flooded to the others as "unknown").
-                           Fanned-out frames pass a token bucket (GROUP_BURST, GROUP_RATE per
-                           second; group_drops): a flood of ARP/ND from the kernel is not
-                           multiplied by the number of peers unchecked. Nothing ever leaves
-                           unencrypted.
+                           address (I/G bit: broadcast, ARP, IPv6 ND, OSPF) → one copy per peer
+                           with a confirmed session, each under that peer's key; a frame for a
+                           peer without a session → nothing (no_session_drops); unicast to a MAC
+                           that is no peer's tap MAC → nothing (unknown_drops): tap MACs derive
+                           from device ids and nothing sits behind a peer's tap, so such a frame
+                           has no receiver, and flooding it (as a learning bridge would) would
+                           only hand our traffic to every other peer -- after a poisoned IPv6
+                           neighbour entry, say. Group frames other than OSPF's pass a token
+                           bucket (GROUP_BURST, GROUP_RATE per second; group_drops): a flood of
+                           ARP/ND from the kernel -- or one a peer provokes -- is not multiplied by
+                           the number of peers unchecked, and cannot starve OSPF's hellos.
+                           Nothing ever leaves unencrypted.
     inbound(src, rec, now) a PeerFrame record from the wire → the inner frame for the tap, or None:
                            opened by the node's record path (`Node._open_record`, shared with
                            PeerData: the session by its id, revocation and expiry, the replay
@@ -101,6 +104,9 @@ SEEN_MACS = 4096  # tap MACs of peers ever known (LRU): a frame to one of them i
 GROUP_BURST = 200
 GROUP_RATE = 1000.0
 ETH_P_ARP = b"\x08\x06"
+# OSPF's multicast groups (AllSPFRouters, AllDRouters: 224.0.0.5/6, ff02::5/6) as Ethernet
+# destinations: outside the token bucket (a routing protocol's hellos must not queue behind ARP)
+OSPF_MACS = frozenset(bytes.fromhex(m) for m in ("01005e000005", "01005e000006", "333300000005", "333300000006"))
 
 
 def arp_from(frame: bytes, hw: bytes) -> bool:
@@ -124,6 +130,7 @@ class Tunnel:
         self.last_peer = ""  # the peer of the last inner frame inbound() returned
         self.size_drops = 0  # frames from the tap outside [14, mtu + 14] bytes
         self.group_drops = 0  # fanned-out frames over the token bucket (GROUP_BURST, GROUP_RATE)
+        self.unknown_drops = 0  # unicast to a MAC that is no peer's tap MAC (no receiver: not flooded)
         self.send_failures = 0  # records the adapter could not send (it bumps this; frames_out counts the try)
         self._tokens, self._tokens_at = float(GROUP_BURST), -math.inf
         self._seen: OrderedDict[bytes, None] = OrderedDict()  # tap MACs of peers ever known (LRU, SEEN_MACS)
@@ -202,17 +209,18 @@ class Tunnel:
                 c.frames_out += 1
                 c.bytes_out += n
                 return ((route[0], route[1](frame)),)
-            if frame[0] & 1 or dst not in self._seen:  # group address, or unicast to nobody we ever knew
+            if frame[0] & 1:  # group address: one copy per peer
                 if not self._all:
                     self.no_session_drops += 1
                     return ()
-                tokens = self._tokens + (now - self._tokens_at) * GROUP_RATE
-                self._tokens_at = now
-                if tokens < 1.0:
-                    self._tokens = max(tokens, 0.0)  # a clock that steps back refills nothing
-                    self.group_drops += 1
-                    return ()
-                self._tokens = min(tokens, GROUP_BURST) - 1.0
+                if dst not in OSPF_MACS:
+                    tokens = self._tokens + (now - self._tokens_at) * GROUP_RATE
+                    self._tokens_at = now
+                    if tokens < 1.0:
+                        self._tokens = max(tokens, 0.0)  # a clock that steps back refills nothing
+                        self.group_drops += 1
+                        return ()
+                    self._tokens = min(tokens, GROUP_BURST) - 1.0
                 copies = []
                 for mac, seal, c in self._all:
                     c.frames_out += 1
@@ -221,6 +229,9 @@ class Tunnel:
                 return tuple(copies)
         except TesseraError:  # a sender's sequence space used up (2**48): the rekey is overdue
             self.no_session_drops += 1
+            return ()
+        if dst not in self._seen:  # no peer's tap MAC: nobody to receive it
+            self.unknown_drops += 1
             return ()
         self.no_session_drops += 1  # a peer we know or once knew, no session with it (yet, or any more)
         return ()
@@ -275,7 +286,8 @@ class Tunnel:
 
     def status(self) -> dict:
         return {"mac": self.mac, "mtu": self.mtu, "no_session_drops": self.no_session_drops,
-                "size_drops": self.size_drops, "group_drops": self.group_drops, "send_failures": self.send_failures}
+                "size_drops": self.size_drops, "group_drops": self.group_drops, "unknown_drops": self.unknown_drops,
+                "send_failures": self.send_failures}
 
 
 __all__ = ["TUNNEL_MTU", "UNDERLAY_MTU", "PeerCounters", "Tunnel", "tap_hw", "tap_mac", "tunnel_mtu"]

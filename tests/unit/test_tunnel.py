@@ -119,9 +119,15 @@ def test_unicast_goes_to_that_peer_only_encrypted_and_comes_out_of_its_tap(net):
     assert a.counters["SN-C"].frames_out == 0
 
 
-def test_group_and_unknown_unicast_frames_fan_out_one_copy_per_peer(net):
+def test_group_frames_fan_out_one_copy_per_peer_and_unknown_unicast_goes_nowhere(net):
+    """Group frames: one copy per peer, each under that peer's key. Unicast to a MAC that is no
+    peer's tap MAC has no receiver (tap MACs derive from device ids; nothing sits behind a peer's
+    tap): dropped and counted, not flooded to every peer as a learning bridge would."""
     a = tun(net, "SN-A")
-    for dst in (BROADCAST, b"\x33\x33\x00\x00\x00\x01", b"\x01\x00\x5e\x00\x00\x05", b"\x02\x99\x99\x99\x99\x99"):
+    stranger = eth(b"\x02\x99\x99\x99\x99\x99", a.hw)
+    assert a.outbound(stranger, net.now) == () and a.unknown_drops == 1
+    assert net.nodes["SN-A"].status(net.now)["tunnel"]["unknown_drops"] == 1
+    for dst in (BROADCAST, b"\x33\x33\x00\x00\x00\x01", b"\x01\x00\x5e\x00\x00\x05"):
         frame = eth(dst, a.hw)
         copies = a.outbound(frame, net.now)
         assert sorted(mac for mac, _ in copies) == sorted([net.macs["SN-B"], net.macs["SN-C"]]), dst.hex()
@@ -340,8 +346,9 @@ def test_a_departed_peers_mac_is_a_no_session_drop_not_flooded_to_the_others(net
     drops = a.no_session_drops
     assert a.outbound(eth(c_hw, a.hw, b"\x45" + b"tcp-retransmit-for-C" + bytes(40)), net.now) == ()
     assert a.no_session_drops == drops + 1  # not B's to read
-    stranger = b"\x02\xaa\xbb\xcc\xdd\xee"  # a MAC no peer ever had: unknown unicast, flooded (the issue)
-    assert [mac for mac, _ in a.outbound(eth(stranger, a.hw), net.now)] == [net.macs["SN-B"]]
+    stranger = b"\x02\xaa\xbb\xcc\xdd\xee"  # a MAC no peer ever had: no receiver, not flooded either
+    assert a.outbound(eth(stranger, a.hw), net.now) == () and a.unknown_drops == 1
+    assert [mac for mac, _ in a.outbound(eth(BROADCAST, a.hw), net.now)] == [net.macs["SN-B"]]  # control
 
 
 def test_a_peer_mac_learned_only_from_its_frames_is_remembered_too(net):
@@ -356,7 +363,8 @@ def test_a_peer_mac_learned_only_from_its_frames_is_remembered_too(net):
     node._end_sessions("SN-C")
     node.neighbours.pop("SN-C")
     assert fresh.outbound(eth(c_hw, fresh.hw), net.now) == () and fresh.no_session_drops == 1
-    assert len(fresh.outbound(eth(b"\x02\xaa\xbb\xcc\xdd\xee", fresh.hw), net.now)) == 1  # control: a stranger
+    assert fresh.outbound(eth(b"\x02\xaa\xbb\xcc\xdd\xee", fresh.hw), net.now) == ()  # a stranger: counted apart
+    assert fresh.unknown_drops == 1 and fresh.no_session_drops == 1
 
 
 def test_the_memory_of_peer_macs_is_bounded_lru(net, monkeypatch):
@@ -369,8 +377,8 @@ def test_the_memory_of_peer_macs_is_bounded_lru(net, monkeypatch):
     a.remember([olds[0]])  # used again: kept
     a.remember([b"\x02\x00\x00\x00\x00\x09"])  # the least recently used (olds[1]) goes
     assert list(a._seen) == [olds[2], olds[0], b"\x02\x00\x00\x00\x00\x09"]
-    assert len(a.outbound(eth(olds[1], a.hw), net.now)) == 2  # forgotten: unknown again, flooded
-    assert a.outbound(eth(olds[0], a.hw), net.now) == ()  # remembered: no session, dropped
+    assert a.outbound(eth(olds[1], a.hw), net.now) == () and a.unknown_drops == 1  # forgotten: unknown again
+    assert a.outbound(eth(olds[0], a.hw), net.now) == () and a.no_session_drops == 1  # remembered: no session
 
 
 def test_an_inner_arp_whose_sender_is_not_the_frames_source_is_a_spoof_drop(net):
@@ -416,6 +424,8 @@ def test_group_frames_pass_a_token_bucket_and_drops_are_counted(net):
     assert len(a.outbound(ns, t + 10 / GROUP_RATE)) == 2  # refilled at GROUP_RATE per second
     assert a.outbound(ns, t - 100) == () and a.group_drops == 51  # a clock that steps back refills nothing
     assert net.nodes["SN-A"].status(net.now)["tunnel"]["group_drops"] == 51
+    hello = eth(b"\x01\x00\x5e\x00\x00\x05", a.hw)  # OSPF AllSPFRouters: outside the bucket, even when empty
+    assert len(a.outbound(hello, t - 100)) == 2 and a.group_drops == 51
 
 
 def test_send_failures_the_adapter_counts_show_in_status(net):
@@ -457,8 +467,8 @@ def _agent(net, monkeypatch, addresses, tap_error=None, guard_error=None):
     made = []
 
     class FakeGuard:
-        def __init__(self, name, addrs):
-            self.installed, self.removed = False, False
+        def __init__(self, name, addrs, port=None):
+            self.installed, self.removed, self.port = False, False, port
             made.append(self)
 
         def install(self):
@@ -478,7 +488,7 @@ def _agent(net, monkeypatch, addresses, tap_error=None, guard_error=None):
     monkeypatch.setattr(daemon, "Tap", fake_tap)
     node = net.nodes["SN-A"]
     agent = SimpleNamespace(tunnel=node.tunnel or Tunnel(node), node=node, client=node.client, tunnel_name="tessera0",
-                            tunnel_addresses=tuple(addresses), tap=None, closed=0)
+                            tunnel_addresses=tuple(addresses), tap=None, closed=0, ifname="eth0")
     agent.close = lambda: daemon.Agent.close(SimpleNamespace(**{**vars(agent), "supplicant": None, "transport": None,
                                                                "watcher": None, "status": None, "radsec": None,
                                                                "events": None, "tap": agent.tap,
@@ -504,27 +514,33 @@ def test_with_tunnel_addresses_a_tap_that_fails_ends_the_agent_and_keeps_the_gua
     agent, made = _agent(net, monkeypatch, [], tap_error=TapError(17, "tap tessera0: TUNSETIFF: busy"))
     Agent._open_tap(agent)
     assert agent.tunnel is None and made == []
-    # and with addresses and a working tap: guarded, up; a clean close removes the guard
+    # and with addresses and a working tap: guarded (with the port: nothing forwarded from it into the
+    # tunnel), up; even a clean close keeps the guard (`tessera-agent unguard` removes it)
     agent, made = _agent(net, monkeypatch, addrs)
     Agent._open_tap(agent)
-    assert agent.tap is not None and made[0].installed
+    assert agent.tap is not None and made[0].installed and made[0].port == "eth0"
     agent.close()
-    assert made[0].removed
+    assert not made[0].removed
 
 
 def test_guard_ruleset_names_the_interface_and_every_prefix():
     from tessera.agent.guard import ruleset, table_name
     from tessera.agent.tap import parse_address
-    rs = ruleset("tessera0", [parse_address("198.51.100.1/24"), parse_address("2001:db8:100::1/64")])
-    assert rs.startswith("table inet tessera_guard_tessera0\ndelete table inet tessera_guard_tessera0\n")
-    for want in ('iifname { "tessera0", "lo" } accept', "ip daddr { 198.51.100.1 } drop",
-                 "ip saddr { 198.51.100.0/24 } drop", "ip6 daddr { 2001:db8:100::1 } drop",
+    t = table_name("tessera0")
+    assert t == "tessera_guard_" + b"tessera0".hex()
+    rs = ruleset("tessera0", [parse_address("198.51.100.1/24"), parse_address("2001:db8:100::1/64")], "eth0")
+    assert rs.startswith(f"table inet {t}\ndelete table inet {t}\n")
+    for want in ('iifname { "tessera0", "lo" } accept', "ip daddr { 198.51.100.0/24 } drop",
+                 "ip saddr { 198.51.100.0/24 } drop", "ip6 daddr { 2001:db8:100::/64 } drop",
                  "ip6 saddr { 2001:db8:100::/64 } drop", 'oifname { "tessera0", "lo" } accept',
-                 "ip daddr { 198.51.100.0/24 } drop", "ip6 daddr { 2001:db8:100::/64 } drop",
-                 "arp daddr ip { 198.51.100.1 } drop", "table arp tessera_guard_tessera0 {"):
+                 'iifname "eth0" oifname "tessera0" drop', 'iifname != "tessera0" ip saddr { 198.51.100.0/24 } drop',
+                 'iifname != "tessera0" ip6 saddr { 2001:db8:100::/64 } drop',
+                 "arp daddr ip { 198.51.100.1 } drop", f"table arp {t} {{"):
         assert want in rs, want
-    assert "table arp tessera_guard_x {" not in ruleset("x", [parse_address("2001:db8::1/64")])  # no IPv4: no ARP rules
-    assert table_name("tessera-1.a") == "tessera_guard_tessera_1_a"
+    forward = rs[rs.index("chain forward"):rs.index("chain output")]
+    assert forward.index('iifname "eth0"') < forward.index('oifname "tessera0" accept')  # checked before the accept
+    assert f"table arp {table_name('x')} {{" not in ruleset("x", [parse_address("2001:db8::1/64")])  # no IPv4: no ARP
+    assert len({table_name(n) for n in ("a-b", "a.b", "a_b")}) == 3  # one table per interface name
     for bad in ('tess"era', "a b", "", "x" * 16):  # nothing reaches nft's script unchecked
         with pytest.raises(ValueError):
             table_name(bad)
@@ -544,7 +560,7 @@ def test_guard_without_nft_refuses_and_names_the_package(monkeypatch, tmp_path):
     fake.write_text(f"#!/bin/sh\n/bin/cat > {tmp_path}/script\n")
     fake.chmod(0o755)
     g.install()
-    assert g.installed and "ip daddr { 198.51.100.1 } drop" in (tmp_path / "script").read_text()
+    assert g.installed and "ip daddr { 198.51.100.0/24 } drop" in (tmp_path / "script").read_text()
     fake.write_text("#!/bin/sh\necho 'Error: Could not process rule: No such file or directory' >&2\nexit 1\n")
     with pytest.raises(guard_mod.GuardError, match="nft refused the guard: Error: Could not process rule"):
         guard_mod.Guard("tessera0", [parse_address("198.51.100.1/24")]).install()
