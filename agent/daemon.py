@@ -512,7 +512,7 @@ class Agent:
     def _tap_gone(self, exc: TapGone) -> None:
         """The tap went away under us (deleted, its fd broken): say so once and end the agent
         with exit status 1, so that its service manager starts it again with a fresh tap; the
-        nftables guard stays meanwhile (close() keeps it when the tap is gone)."""
+        nftables guard stays meanwhile (no exit removes it)."""
         if self.exit_code == 0:
             log.error("%s: tunnel %s gone (%s): stopping, to be restarted with a new one", self.client.device_id,
                       self.tunnel_name, exc)
