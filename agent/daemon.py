@@ -94,9 +94,9 @@ from tessera.device import DeviceClient
 from tessera.errors import MalformedError, TesseraError
 from tessera.identity import RADSEC, BootstrapBundle, DeviceKey
 from tessera.secretfile import write_secret
-from tessera.node import (Deliver, DeliverFrame, EapProgressed, FrameReceived, IdentityRequested, LinkDown, LinkUp, Log, MethodProposed, Milestone,
-                          Node, PortAuthorized, PortRejected, RadiusAnswer, RadiusFailed, RadiusRequest, SaveState,
-                          SendFrame, StartAdmission, Timers)
+from tessera.node import (Deliver, DeliverFrame, EapProgressed, FrameReceived, IdentityRequested, LinkDown, LinkUp, Log,
+                          MethodProposed, Milestone, Node, PortAuthorized, PortRejected, RadiusAnswer, RadiusFailed,
+                          RadiusRequest, SaveState, SendFrame, StartAdmission, Timers)
 from tessera.tunnel import Tunnel
 from tessera.radius.client import NoServerAnsweredError, RadiusClient, RejectedError, Server, load_dictionary
 

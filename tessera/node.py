@@ -501,10 +501,11 @@ class Node:
     def _rejected(self, ev: PortRejected, t: float, out: list[Action], timed_out: bool = False) -> None:
         if (ev.method == "pwd" and self.method == "pwd" and self.admission_answered and not self.admission_progressed
                 and not timed_out and not self.pwd_retried):
-            # an EAP-Failure after the server answered, before the method's first request: FreeRADIUS 3.2's rlm_eap_pwd fails about one
-            # session in 150 right there ("failed to obtain password element": its hunting and pecking
-            # with the session's random token; 2 in 300 measured here), and a realm that refuses the
-            # device refuses it there too; one more try tells them apart at the cost of a round trip
+            # an EAP-Failure after the server answered, before the method's first request:
+            # FreeRADIUS 3.2's rlm_eap_pwd fails about one session in 150 right there ("failed to
+            # obtain password element": its hunting and pecking with the session's random token;
+            # 2 in 300 measured here), and a realm that refuses the device refuses it there too;
+            # one more try tells them apart at the cost of a round trip
             self.pwd_retried = True
             out.append(Log("admission-failed", f"EAP-PWD refused before it began ({ev.reason or 'EAP-Failure'}): "
                                                f"trying EAP-PWD once more, then EAP-TLS"))
