@@ -220,6 +220,29 @@ class Proc:
         return self.popen.poll() is None
 
 
+def _end_left_in(ns: str, grace: float = 3.0) -> None:
+    """End, by PID, every process still inside namespace `ns` (one this lab created) once the
+    lab's own processes are stopped: what they started and left behind -- an agent ended by
+    SIGKILL leaves its wpa_supplicant -- would outlive the namespace's name otherwise."""
+    def left() -> list[int]:
+        cp = sh(["ip", "netns", "pids", ns], check=False)
+        return [int(x) for x in cp.stdout.split()] if cp.returncode == 0 else []
+    pids = left()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pids = [p for p in pids if _pid_alive(p)]
+        if not pids:
+            return
+        log.error("processes %s left in namespace %s: %s", pids, ns, "killing" if sig == signal.SIGTERM else "unkillable")
+
+
 def stop_process(p: subprocess.Popen, grace: float = 3.0) -> int | None:
     """End one process by its PID: SIGTERM, wait ``grace`` s, then SIGKILL. Returns its code."""
     if p.poll() is None:
@@ -393,6 +416,7 @@ class Lab:
             stop_process(proc.popen)
         self.procs.clear()
         for ns in reversed(self.namespaces):
+            _end_left_in(ns)
             for _ in range(20):
                 cp = sh(["ip", "netns", "del", ns], check=False)
                 if cp.returncode == 0 or ns not in list_netns():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import stat
 import sys
 import time
@@ -65,6 +66,9 @@ def lab(request):
     lab.spawn = spawn  # remember every PID, also of processes a test stopped itself
     yield lab
     made = list(lab.namespaces)
+    for ns in made:  # and every process inside the lab's namespaces: what the spawned ones started too
+        cp = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+        pids += [int(x) for x in cp.stdout.split()] if cp.returncode == 0 else []
     lab.close()
     failed = any(getattr(request.node, f"rep_{w}", None) is not None
                  and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
