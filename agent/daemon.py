@@ -97,6 +97,7 @@ from tessera.secretfile import write_secret
 from tessera.node import (Deliver, DeliverFrame, EapProgressed, FrameReceived, IdentityRequested, LinkDown, LinkUp, Log,
                           MethodProposed, Milestone, Node, PortAuthorized, PortRejected, RadiusAnswer, RadiusFailed,
                           RadiusRequest, SaveState, SendFrame, StartAdmission, Timers)
+from tessera.message import PeerFrame
 from tessera.tunnel import Tunnel
 from tessera.radius.client import NoServerAnsweredError, RadiusClient, RejectedError, Server, load_dictionary
 
@@ -120,7 +121,7 @@ WIRES = ("socket", "ring")  # `--wire`: agent.l2.PacketTransport or agent.ring.R
 # tessera0 overflowed the receiver's ring (one drop per retransmit, ~3,500 in 3 s), with 1024
 # about 100 in 3 s, with 2048 none (and tap queue drops instead, as with the socket).
 RING_RX_FRAMES, RING_TX_FRAMES = 1024, 256
-PEER_FRAME = 38  # tessera.message.PeerFrame.TYPE: the fast path's test on the type byte
+PEER_FRAME = PeerFrame.TYPE  # the fast path's test on the type byte
 
 
 def _where(exc: BaseException) -> str:
@@ -879,15 +880,13 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--tunnel-name", default="tessera0")
     a = p.parse_args(argv)
     if a.cmd == "unguard":
-        from tessera.agent.guard import Guard, GuardError
-        guard = Guard(a.tunnel_name, ())
-        guard.installed = True  # whatever a previous run left: remove() deletes both tables
+        from tessera.agent.guard import GuardError, remove_guard
         try:
-            guard.remove()
+            table = remove_guard(a.tunnel_name)
         except (GuardError, ValueError) as exc:
             print(f"tessera-agent: {exc}", file=sys.stderr)
             return 1
-        print(f"tessera-agent: guard of {a.tunnel_name} removed (nftables tables {guard.table})")
+        print(f"tessera-agent: guard of {a.tunnel_name} removed (nftables tables {table})")
         return 0
     if a.cmd == "status":
         try:

@@ -144,15 +144,21 @@ class Guard:
         self.installed = True
 
     def remove(self) -> None:
-        """Delete the guard's tables (a clean exit); GuardError if nft refuses."""
-        if not self.installed:
-            return
-        nft = nft_path()
-        if nft is None:
-            raise GuardError(0, "nft not found: cannot remove the guard")
-        t = self.table
-        _run([nft, "-f", "-"], f"table inet {t}\ndelete table inet {t}\ntable arp {t}\ndelete table arp {t}\n")
-        self.installed = False
+        """Delete the guard's tables; GuardError if nft refuses."""
+        if self.installed:
+            remove_guard(self.ifname)
+            self.installed = False
 
 
-__all__ = ["Guard", "GuardError", "ruleset", "table_name"]
+def remove_guard(ifname: str) -> str:
+    """Delete the guard of tunnel interface `ifname`, whatever run made it (`tessera-agent
+    unguard`); returns its table name. GuardError if nft is missing or refuses."""
+    nft = nft_path()
+    if nft is None:
+        raise GuardError(0, "nft not found: cannot remove the guard")
+    t = table_name(ifname)
+    _run([nft, "-f", "-"], f"table inet {t}\ndelete table inet {t}\ntable arp {t}\ndelete table arp {t}\n")
+    return t
+
+
+__all__ = ["Guard", "GuardError", "remove_guard", "ruleset", "table_name"]

@@ -68,6 +68,7 @@ from pathlib import Path
 from tessera.agent.daemon import query
 from tessera.identity import RADSEC, UDP, ServerEntry, pem_certificate
 from tessera.lab import radiusd
+from tessera.lab.clients import tunnel_ipv4, tunnel_ipv6
 from tessera.lab.capture import CaptureStats, SwitchCapture
 from tessera.lab.netns import Lab, LabError, Proc, sh
 from tessera.lab.pki import LabPKI, write_file
@@ -426,7 +427,7 @@ class RealmLab:
         without it the agent runs with --no-tunnel. `wire` ("socket"/"ring") and `batch` are the
         agent's --wire and --batch (None: its defaults)."""
         k = d.dev.index
-        tun = (["--tunnel-address", f"198.51.100.{k}/24", "--tunnel-address", f"2001:db8:100::{k:x}/64"]
+        tun = (["--tunnel-address", f"{tunnel_ipv4(k)}/24", "--tunnel-address", f"{tunnel_ipv6(k)}/64"]
                if tunnel else ["--no-tunnel"])
         d.agent = self.lab.spawn(f"agent-d{d.dev.index}", d.dev.ns,
                                  [str(AGENT), "run", "-i", "eth0", "--bundle", str(d.dir / "bundle.json"),

@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tessera.lab.clients import tunnel_ipv4
 from tessera.lab.probe import inet_checksum
 
 TUNNEL_V4 = ipaddress.ip_network("198.51.100.0/24")
@@ -56,9 +57,7 @@ SLL2_LEN = 20
 PAYLOAD_LEN = 56  # ping's default: 64-byte ICMP messages
 
 
-def tunnel_address(k: int) -> str:
-    """Device k's tessera0 IPv4 address in the lab (the preamble's plan: 198.51.100.{k}/24)."""
-    return str(TUNNEL_V4.network_address + k)
+tunnel_address = tunnel_ipv4  # device k's tessera0 IPv4 address in the lab (lab/clients.py has the plan)
 
 
 def pattern_payload(pattern: bytes, size: int = PAYLOAD_LEN) -> bytes:

@@ -18,6 +18,7 @@ import pytest
 
 from tessera.agent.link import call_in_netns
 from tessera.lab.probe import icmp_echo
+from tessera.lab.clients import tunnel_ipv4, tunnel_ipv6
 from tessera.lab.topology import RealmLab
 from tessera.service import Policy
 from tessera.tunnel import TUNNEL_MTU, tap_mac
@@ -27,12 +28,7 @@ from tests.gate import needs_lab
 pytestmark = needs_lab
 
 
-def v4(k: int) -> str:
-    return f"198.51.100.{k}"
-
-
-def v6(k: int) -> str:
-    return f"2001:db8:100::{k:x}"
+v4, v6 = tunnel_ipv4, tunnel_ipv6  # device k's tessera0 addresses (lab/clients.py)
 
 
 def echo_rtts(ns: str, addr: str, count: int = 3, timeout: float = 2.0, gap: float = 0.05) -> list[float]:
